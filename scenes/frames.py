@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,10 @@ from scenes.render import Box, Light, Obj, apply_condition, draw_object, encode,
 from scenes.world import DISTRICTS, DOMAINS, Camera, Condition, make_camera, sample_condition
 
 DOMAIN_IDS = {name: i for i, name in enumerate(DOMAINS)}
-EPOCH = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday: clips and frames fall in the weeks after
+EPOCH = datetime(2026, 10, 5, tzinfo=UTC)  # a Monday: frames and clips fall in the 4 weeks after
 HOURS = {"day": (8, 17), "dusk": (17, 19), "night": (20, 29), "rain": (7, 19), "fog": (6, 11)}
+
+MIN_BOX = 5.0  # px: smaller boxes are not labeled (the gate's min_box is 4)
 
 # mean objects per frame (Poisson) by class; the condition can raise some of them
 RATES = {"rider_helmet": 0.8, "rider_no_helmet": 0.8, "car": 1.2, "person": 1.4,
@@ -105,7 +107,7 @@ def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.rando
     for o, (x0, y0, x1, y1) in raw:
         cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(S), x1), min(float(S), y1)
         full = max(1e-6, (x1 - x0) * (y1 - y0))
-        if cx1 - cx0 >= 3 and cy1 - cy0 >= 3 and (cx1 - cx0) * (cy1 - cy0) / full >= 0.5:
+        if cx1 - cx0 >= MIN_BOX and cy1 - cy0 >= MIN_BOX and (cx1 - cx0) * (cy1 - cy0) / full >= 0.5:
             visible.append((o, (cx0, cy0, cx1, cy1)))
     return img, visible
 

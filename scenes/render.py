@@ -235,7 +235,7 @@ def draw_stall(img, o: Obj, lights: list[Light], on: bool) -> Box:
 def draw_water(img, o: Obj, lights: list[Light], sky: tuple) -> Box:
     """Standing water on the road: an irregular, sky-reflecting puddle."""
     s, x, y, a = o.s, o.x, o.y, o.attrs
-    rw, rh = a["w"] * s / 2, a["h"] * s / 2
+    rw, rh = max(6.0, a["w"] * s / 2), max(3.0, a["h"] * s / 2)  # never thinner than a labelable box
     cy = y - rh
     ang = np.linspace(0, 2 * np.pi, len(a["wobble"]), endpoint=False)
     pts = np.stack([x + rw * np.cos(ang) * a["wobble"], cy + rh * np.sin(ang) * a["wobble"]], 1)

@@ -1,0 +1,42 @@
+# cityloop: `make demo` runs the main job, `make test` passes the tests (both install first).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false BENTOML_DO_NOT_TRACK=true
+export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
+export PREFECT_HOME ?= $(CURDIR)/.cityloop/prefect
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast bench lint clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install cityloop with pinned dependencies
+
+demo: $(STAMP) ## Generate data, ingest it through the gate, version it with DVC, print the catalog
+	$(BIN)/cityloop demo
+
+test: $(STAMP) ## Run the whole test suite (slow tests included)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP) ## Benchmarks (figures go to benchmarks/results.md)
+	$(BIN)/python benchmarks/governance.py
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+clean: ## Remove generated data and state (keeps .venv)
+	rm -rf .cityloop reports data/raw data/frames data/datasets data/quarantine data/*.dvc

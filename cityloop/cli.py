@@ -1,0 +1,220 @@
+"""The `cityloop` command line (Typer): one sub-command group per lifecycle stage."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cityloop.settings import find_root, load_params, quiet_env
+
+app = typer.Typer(help="cityloop: the closed loop of city video AI, from camera frames to edge alerts.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+scenes_app = typer.Typer(help="The city camera simulator.", no_args_is_help=True)
+data_app = typer.Typer(help="The data repository: ingest through the gate, versions.", no_args_is_help=True)
+app.add_typer(scenes_app, name="scenes")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+SOURCES = {"sim": "sim", "field": "field", "partner": "partner", "edge": "edge-hard", "edge-hard": "edge-hard"}
+
+
+@app.callback()
+def main() -> None:
+    """Set quiet, non-telemetry defaults for the embedded stack."""
+    quiet_env()
+
+
+@contextmanager
+def bar(description: str, total: int | None):
+    """A rich progress bar; yields an advance(n) callback."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+# ----------------------------------------------------------------------- scenes
+
+
+@scenes_app.command("generate")
+def scenes_generate(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    domain: Annotated[str, typer.Option(help="lab (clear daytime, few cameras) or field (the real mix).")] = "lab",
+    frames: Annotated[int, typer.Option(min=1, help="Frames to render (still-image mode).")] = 500,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    size: Annotated[int, typer.Option(min=64, max=1024, help="Frame width and height in px.")] = 192,
+    fmt: Annotated[str, typer.Option("--format", help="jpg or png.")] = "jpg",
+    workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 2,
+    video: Annotated[bool, typer.Option("--video", help="Render camera clips instead of still frames.")] = False,
+    cameras: Annotated[int, typer.Option(min=1, help="Clips (one per camera) in --video mode.")] = 4,
+    seconds: Annotated[float, typer.Option(min=1, help="Clip length in --video mode.")] = 120.0,
+    fps: Annotated[float, typer.Option(min=0.1, help="Frames per second in --video mode.")] = 2.0,
+    mp4: Annotated[bool, typer.Option(help="Also pack each clip into an MP4 (--video).")] = False,
+    condition: Annotated[str | None, typer.Option(help="Force one condition for all clips (--video).")] = None,
+) -> None:
+    """Render frames (or clips) with COCO ground truth and a metadata table."""
+    from scenes.frames import generate_frames
+    from scenes.video import generate_video
+    from scenes.world import DOMAINS
+
+    if domain not in DOMAINS:
+        raise typer.BadParameter(f"domain must be one of {', '.join(DOMAINS)}", param_hint="--domain")
+    if fmt not in ("jpg", "png"):
+        raise typer.BadParameter("format must be jpg or png", param_hint="--format")
+    if video:
+        with bar(f"clips {domain}", cameras) as advance:
+            summary = generate_video(domain, cameras, seconds, fps, seed, out, size, fmt, workers, mp4,
+                                     condition=condition, progress=advance)
+    else:
+        with bar(f"frames {domain}", frames) as advance:
+            summary = generate_frames(domain, frames, seed, out, size, fmt, workers, progress=advance)
+    console.print_json(json.dumps(summary))
+
+
+# ------------------------------------------------------------------------- data
+
+
+def _repository(root: Path):
+    from governance.gate import GateParams
+    from governance.repository import DataRepository
+
+    params = load_params(root)
+    return DataRepository(root, GateParams.from_dict(params.get("gate", {})),
+                          tuple(params.get("ingest", {}).get("holdout", ())))
+
+
+@data_app.command("ingest")
+def data_ingest(
+    src: Annotated[Path, typer.Argument(help="Folder of frames (and optional metadata.parquet/csv).")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset name; default: the folder's name.")] = None,
+    source: Annotated[str, typer.Option(help="sim | field | partner | edge.")] = "sim",
+    annotations: Annotated[Path | None, typer.Option(help="COCO file; default SRC/annotations.coco.json.")] = None,
+    split: Annotated[str | None, typer.Option(help="auto | train | val | test | pool | bench.")] = None,
+    split_by: Annotated[str | None, typer.Option(help="frame | camera (for auto splits).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoding processes.")] = None,
+    push: Annotated[bool, typer.Option(help="Push the version to the DVC remote.")] = True,
+    report: Annotated[Path | None, typer.Option(help="Write the ingest summary as JSON here.")] = None,
+) -> None:
+    """Ingest frames through the Great Expectations gate and publish a DVC-versioned dataset."""
+    from governance.ingest import list_frames
+    from governance.repository import GateFailed
+
+    root = find_root()
+    if source not in SOURCES:
+        raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}", param_hint="--source")
+    cfg = load_params(root).get("ingest", {})
+    repo = _repository(root)
+    name = dataset or _slug(src.resolve().name)
+    total = len(list_frames(src)) if src.is_dir() else 0
+    with bar(f"ingest {name}", total) as advance:
+        try:
+            res = repo.ingest(src, name, SOURCES[source], split or cfg.get("split", "auto"),
+                              split_by or cfg.get("split_by", "frame"), annotations,
+                              workers or cfg.get("workers", 1), push=push, progress=advance)
+        except GateFailed as exc:
+            err.print(f"[red bold]Gate failed: version not published.[/] Staged input kept in {exc.staging}")
+            typer.echo(exc.result.report(), err=True)
+            raise typer.Exit(1) from None
+        except (FileNotFoundError, ValueError) as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+    for q in res.quarantined:
+        err.print(f"[yellow]quarantined[/] {q['file']}: {q['reason']}")
+    console.print(f"[green]{res.version.id}[/] published: {res.new_frames} new frames, {res.duplicates} duplicates,"
+                  f" {len(res.quarantined)} quarantined; gate {res.gate.successful}/{res.gate.evaluated} passed")
+    if res.gate.data_docs:
+        console.print(f"Data Docs: {res.gate.data_docs}")
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({"version": res.version.id, **res.summary}, indent=1))
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "dataset"
+
+
+@data_app.command("versions")
+def data_versions(dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None) -> None:
+    """List dataset versions: git revision, DVC hash, counts per class and condition, gate."""
+    from governance import versioning
+
+    table = versions_table(versioning.list_versions(find_root(), dataset))
+    console.print(table)
+
+
+SHORT = {"rider_helmet": "helmet", "rider_no_helmet": "no_helmet", "vendor_stall": "stall"}
+
+
+def versions_table(records) -> Table:
+    """The catalog as a rich table: one row per version, counts folded into a few columns."""
+    table = Table(title="cityloop data repository", show_lines=True)
+    for col in ("version", "git / dvc", "frames", "boxes per class", "conditions", "sources · splits", "gate"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        s = r.summary
+        gate = s.get("gate", {})
+        dvc_md5 = str(s.get("dvc", {}).get("data/datasets", {}).get("md5", ""))[:8]
+        table.add_row(
+            f"[bold]{r.id}[/]\n{r.created[:16]}", f"{r.commit[:8]}\n{dvc_md5}",
+            f"{s.get('frames', 0)}\n{s.get('labeled', 0)} labeled",
+            _kv({SHORT.get(k, k): v for k, v in s.get("boxes", {}).items()}),
+            _kv(s.get("conditions", {})), _kv(s.get("sources", {})) + "\n·\n" + _kv(s.get("splits", {})),
+            f"{'[green]pass' if gate.get('success') else '[red]FAIL'}[/] "
+            f"{gate.get('successful')}/{gate.get('evaluated')}",
+        )
+    return table
+
+
+def _kv(d: dict) -> str:
+    return "\n".join(f"{k}:{v}" for k, v in d.items())
+
+
+@data_app.command("show")
+def data_show(version: Annotated[str, typer.Argument(help="name@vN or name@latest.")]) -> None:
+    """Show one version's catalog entry and gate result."""
+    from governance import versioning
+
+    rec = versioning.resolve(find_root(), version)
+    console.print_json(json.dumps({"id": rec.id, "tag": rec.tag, "commit": rec.commit,
+                                   "code_commit": rec.code_commit, "created": rec.created, **rec.summary}))
+
+
+@data_app.command("checkout")
+def data_checkout(version: Annotated[str, typer.Argument(help="name@vN or name@latest.")]) -> None:
+    """Put the workspace's data/ at a version (DVC pointers from its tag, then dvc checkout)."""
+    from governance import versioning
+
+    versioning.checkout(find_root(), version)
+    console.print(f"data/ now at {version}")
+
+
+# ------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    frames: Annotated[int | None, typer.Option(help="Frames per domain (default: params.yaml).")] = None,
+) -> None:
+    """The main job on embedded defaults: generate lab+field data, ingest through the gate, version."""
+    from flows.governance import governance_demo
+
+    root = find_root()
+    records = governance_demo(root=str(root), frames=frames)
+    from governance import versioning
+
+    console.print(versions_table(versioning.list_versions(root)))
+    console.print(f"{len(records)} versions published; Data Docs: {root / 'reports' / 'datadocs'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Prefect flows of the governance standard: `ingest` (prepare → validate → version) and the demo.
+
+Orchestration only: every task calls one plain function of `scenes` or `governance`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from cityloop.settings import find_root, load_params
+from governance.gate import GateParams, GateResult
+from governance.repository import Candidate, DataRepository, GateFailed
+from scenes.frames import generate_frames
+
+
+def _repository(root: str) -> DataRepository:
+    params = load_params(Path(root))
+    return DataRepository(Path(root), GateParams.from_dict(params.get("gate", {})),
+                          tuple(params.get("ingest", {}).get("holdout", ())))
+
+
+@task(name="generate")
+def generate_task(domain: str, frames: int, seed: int, out: str, size: int = 192, fmt: str = "jpg",
+                  workers: int = 2) -> dict:
+    """Render a simulator dataset into `out`."""
+    return generate_frames(domain, frames, seed, Path(out), size, fmt, workers)
+
+
+@task(name="prepare")
+def prepare_task(root: str, src: str, dataset: str, source: str, split: str, split_by: str,
+                 annotations: str | None, workers: int) -> Candidate:
+    """Read, deduplicate and stage the frames of src as the dataset's next candidate version."""
+    return _repository(root).prepare(Path(src), dataset, source, split, split_by,
+                                     Path(annotations) if annotations else None, workers)
+
+
+@task(name="validate")
+def validate_task(root: str, candidate: Candidate) -> GateResult:
+    """Great Expectations gate; the report is published as a Prefect artifact."""
+    result = _repository(root).validate(candidate)
+    create_markdown_artifact(key=f"gate-{candidate.dataset}", markdown=f"```\n{result.report()}\n```",
+                             description=f"Gate result for {candidate.dataset} ({candidate.ingest_id})")
+    return result
+
+
+@task(name="version", retries=2, retry_delay_seconds=5)
+def version_task(root: str, candidate: Candidate, result: GateResult, push: bool = True) -> dict:
+    """Publish a gated candidate as a DVC version (retried: DVC may meet a held lock)."""
+    res = _repository(root).publish(candidate, result, push)
+    return {"version": res.version.id, "commit": res.version.commit, **res.summary}
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(src: str, dataset: str, source: str = "sim", split: str = "auto", split_by: str = "frame",
+           annotations: str | None = None, workers: int = 2, push: bool = True, root: str | None = None) -> dict:
+    """Ingest a folder of frames through the gate and publish the dataset's next version.
+
+    Args:
+        src: folder of JPEG/PNG frames (optionally metadata.parquet/csv and annotations.coco.json).
+        dataset: dataset name, e.g. "field-pool"; versions read "<dataset>@v<N>".
+        source: sim | field | partner | edge-hard.
+        split: auto (80/10/10 by hash) or train | val | test | pool | bench.
+        split_by: frame | camera (auto splits keep each camera in one split).
+        annotations: COCO file (default: <src>/annotations.coco.json when present).
+        workers: decoding processes.
+        push: push the version to the DVC remote.
+        root: workspace (default: the git top level of the working directory).
+    """
+    root = root or str(find_root())
+    cand = prepare_task(root, src, dataset, source, split, split_by, annotations, workers)
+    result = validate_task(root, cand)
+    if not result.success:
+        raise GateFailed(result, cand.staging)
+    summary = version_task(root, cand, result, push)
+    print(f"{summary['version']}: {summary['frames']} frames, gate {result.successful}/{result.evaluated}")
+    return summary
+
+
+@flow(name="governance-demo", log_prints=True)
+def governance_demo(root: str | None = None, frames: int | None = None) -> list[dict]:
+    """Generate the demo datasets of params.yaml and ingest each through the gate."""
+    root = root or str(find_root())
+    params = load_params(Path(root))
+    gen = params.get("generate", {})
+    split_by = params.get("ingest", {}).get("split_by", "frame")
+    out = []
+    for name, spec in gen.get("sets", {}).items():
+        raw = str(Path(root) / "data" / "raw" / name)
+        generate_task(spec["domain"], frames or spec["frames"], spec.get("seed", gen.get("seed", 0)), raw,
+                      gen.get("size", 192), gen.get("format", "jpg"))
+        out.append(ingest(raw, name, "sim", spec.get("split", "auto"), split_by, root=root))
+    return out
