@@ -21,7 +21,7 @@ data_app = typer.Typer(help="The data repository: ingest through the gate, versi
 app.add_typer(scenes_app, name="scenes")
 app.add_typer(data_app, name="data")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 SOURCES = {"sim": "sim", "field": "field", "partner": "partner", "edge": "edge-hard", "edge-hard": "edge-hard"}
 
@@ -93,7 +93,8 @@ def _repository(root: Path):
 
 @data_app.command("ingest")
 def data_ingest(
-    src: Annotated[Path, typer.Argument(help="Folder of frames (and optional metadata.parquet/csv).")],
+    src: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                        help="Folder of frames (and optional metadata.parquet/csv).")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name; default: the folder's name.")] = None,
     source: Annotated[str, typer.Option(help="sim | field | partner | edge.")] = "sim",
     annotations: Annotated[Path | None, typer.Option(help="COCO file; default SRC/annotations.coco.json.")] = None,
@@ -113,7 +114,7 @@ def data_ingest(
     cfg = load_params(root).get("ingest", {})
     repo = _repository(root)
     name = dataset or _slug(src.resolve().name)
-    total = len(list_frames(src)) if src.is_dir() else 0
+    total = len(list_frames(src))
     with bar(f"ingest {name}", total) as advance:
         try:
             res = repo.ingest(src, name, SOURCES[source], split or cfg.get("split", "auto"),

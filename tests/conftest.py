@@ -26,9 +26,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh git repo holding the project's params, pipeline and suites (a temporary clone)."""
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
-    for name in ("params.yaml", "dvc.yaml", ".gitignore"):
+    (ws / ".dvc").mkdir()
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(REPO / name, ws / name)
     shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
+    for pkg in ("scenes", "governance"):  # dvc.yaml stages depend on the code
+        shutil.copytree(REPO / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git(ws, "init", "-q", "-b", "main")
     git(ws, "add", "-A")
     git(ws, "commit", "-qm", "workspace")
