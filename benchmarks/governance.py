@@ -212,17 +212,22 @@ def bench_ingest(tmp: Path, n: int, workers: int) -> list[Row]:
 # ---------------------------------------------------------------------- report
 
 
-def machine_facts() -> dict[str, str]:
+def machine_facts(load_at_start: str) -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?")
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
+        "load avg 1/5/15 min at start": load_at_start,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "dvc": pkg_version("dvc"),
         "great_expectations": pkg_version("great_expectations"),
     }
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _cpuinfo() -> list[str]:
@@ -292,13 +297,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     quiet_env()
-    cmd = command_line()
+    cmd, load = command_line(), loadavg()
     t0 = time.perf_counter()
     rows = bench_simulator(SIM_FRAMES, args.workers)
     with tempfile.TemporaryDirectory(prefix="cityloop-bench-") as tmp:
         rows += bench_ingest(Path(tmp), args.frames, args.workers)
     seconds = time.perf_counter() - t0
-    facts = machine_facts()
+    facts = machine_facts(load)
     print_table(rows, facts, seconds)
     write_results(args.out, markdown(rows, facts, cmd, seconds))
     log(f"wrote {args.out}")

@@ -214,7 +214,9 @@ def demo(
     from governance import versioning
 
     console.print(versions_table(versioning.list_versions(root)))
-    console.print(f"{len(records)} versions published; Data Docs: {root / 'reports' / 'datadocs'}")
+    ids = ", ".join(r["version"] for r in records)
+    console.print(f"Datasets now at {ids}. Data Docs: {root / 'reports' / 'datadocs' / 'index.html'}")
+    console.print("Read a version: cityloop data show lab@latest | cityloop data checkout lab@v1")
 
 
 if __name__ == "__main__":

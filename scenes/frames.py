@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from governance.schema import CATEGORY_IDS, CLASSES
 from scenes.render import Box, Light, Obj, apply_condition, draw_object, encode, render_background, sample_attrs
-from scenes.world import DISTRICTS, DOMAINS, Camera, Condition, make_camera, sample_condition
+from scenes.world import CATEGORY_IDS, CLASSES, DISTRICTS, DOMAINS, Camera, Condition, make_camera, sample_condition
 
 DOMAIN_IDS = {name: i for i, name in enumerate(DOMAINS)}
 EPOCH = datetime(2026, 10, 5, tzinfo=UTC)  # a Monday: frames and clips fall in the 4 weeks after

@@ -12,6 +12,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+# What the simulator draws, in COCO category-id order (1-based). Ingest maps classes by name
+# onto the platform's contract (governance.schema), so this list only has to cover it.
+CLASSES: tuple[str, ...] = (
+    "rider_helmet", "rider_no_helmet", "car", "garbage", "vendor_stall", "water", "person",
+)
+CATEGORY_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES)}
+
 # district: palette (BGR-free, RGB 0..255) and layout preferences.
 DISTRICTS: dict[str, dict] = {
     "longgang-old": dict(sky=(170, 200, 235), road=(92, 92, 96), walk=(168, 160, 150),

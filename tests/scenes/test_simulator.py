@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from governance.schema import CATEGORY_IDS, CLASSES
 from scenes.frames import iter_frames
 from scenes.video import generate_video
+from scenes.world import CATEGORY_IDS, CLASSES
 
 
 def digest(frames) -> list[str]:
@@ -24,6 +24,13 @@ def test_same_seed_same_bytes_whatever_the_worker_count():
     two = digest(iter_frames("field", 40, seed=3, workers=2, chunk=7))
     assert one == two
     assert digest(iter_frames("field", 40, seed=4)) != one
+
+
+def test_the_simulator_draws_every_platform_class():
+    import governance.schema
+    import scenes.world
+
+    assert set(scenes.world.CLASSES) == set(governance.schema.CLASSES)
 
 
 def test_generate_writes_images_coco_and_metadata(lab_src: Path):
