@@ -149,6 +149,9 @@ class DataRepository:
         packs = write_packs(((sha, ext, sc.data[sha]) for sha, ext in new_bytes), staging / "packs",
                             f"p-{ingest_id}")
         manifest["path"] = [packs.get(sha, path) for sha, path in zip(manifest["sha256"], manifest["path"])]
+        paths = dict(zip(manifest["sha256"], manifest["path"]))
+        for im in coco["images"]:  # COCO file_name is the frame's final place in the store
+            im["file_name"] = paths.get(im["sha256"], im["file_name"])
         quarantined = self._quarantine(sc, src, staging / "quarantine")
         fresh = int((manifest["ingest_id"] == ingest_id).sum())
         return Candidate(dataset, ingest_id, staging, manifest, coco, _coco_rows(coco, manifest), quarantined,

@@ -55,6 +55,8 @@ def test_truncated_png_is_quarantined_with_its_reason_and_the_rest_ingested(work
     store = FrameStore(workspace / "data")
     row = manifest[manifest.original_name == f"images/{images[0].name}"].iloc[0]
     assert store.read(row.path) == good and row.sha256 == hashlib.sha256(good).hexdigest()
+    coco = json.loads((workspace / "data" / "datasets" / "lab" / "annotations.coco.json").read_text())
+    assert {im["file_name"] for im in coco["images"]} == set(manifest.path)  # COCO points into the store
 
 
 def test_duplicate_frames_are_stored_once(workspace: Path, lab_copy: Path):
