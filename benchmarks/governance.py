@@ -177,13 +177,14 @@ def first_version_rows(t: dict[str, float], n: int, workers: int, gx_import: flo
     ]
 
 
-def second_version_rows(t: dict[str, float], n: int, packs: int, pushed: int) -> list[Row]:
+def second_version_rows(t: dict[str, float], n: int, packs: int, pushed: int, dataset: int) -> list[Row]:
     return [
         Row(f"ingest v2: prepare + validate ({n} new frames)", n / (t["prepare"] + t["validate"]), "frames/s",
             f"prepare {t['prepare']:.1f} s, validate {t['validate']:.1f} s (whole dataset re-gated)"),
         Row(f"publish v2 ({n} new frames)", t["publish"], "s", "dvc add + dvc push + tag"),
         Row("publish v2: packs added to data/frames/packs", packs / 2**20, "MiB", "only the new pack(s)"),
-        Row("publish v2: objects pushed to the remote", pushed / 2**20, "MiB", "new packs + dataset files"),
+        Row("publish v2: objects pushed to the remote", pushed / 2**20, "MiB",
+            f"new pack(s) + dataset files rewritten whole ({dataset / 2**20:.1f} MiB: manifest + COCO)"),
     ]
 
 
@@ -204,8 +205,9 @@ def bench_ingest(tmp: Path, n: int, workers: int) -> list[Row]:
     second = ingest(repo, tmp / "src2", workers)
     packs = added_bytes(packs0, tree_bytes(packs_dir, "*.zip"))
     pushed = added_bytes(remote0, tree_bytes(remote))
+    dataset = sum(tree_bytes(ws / "data" / "datasets").values())
     return (first_version_rows(first, int(first["new_frames"]), workers, gx_import)
-            + second_version_rows(second, int(second["new_frames"]), packs, pushed)
+            + second_version_rows(second, int(second["new_frames"]), packs, pushed, dataset)
             + [Row("great_expectations import", gx_import, "s", "once per process")])
 
 
@@ -219,6 +221,7 @@ def machine_facts(load_at_start: str) -> dict[str, str]:
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
         "load avg 1/5/15 min at start": load_at_start,
+        "at end": loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "dvc": pkg_version("dvc"),

@@ -20,6 +20,15 @@ scenes_app = typer.Typer(help="The city camera simulator.", no_args_is_help=True
 data_app = typer.Typer(help="The data repository: ingest through the gate, versions.", no_args_is_help=True)
 app.add_typer(scenes_app, name="scenes")
 app.add_typer(data_app, name="data")
+
+
+def _mount_models() -> None:
+    from models.cli import app as models_app
+
+    app.add_typer(models_app, name="models", help="The algorithm repository: versions, promotion, admission.")
+
+
+_mount_models()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -197,6 +206,30 @@ def data_checkout(version: Annotated[str, typer.Argument(help="name@vN or name@l
 
     versioning.checkout(find_root(), version)
     console.print(f"data/ now at {version}")
+
+
+# ------------------------------------------------------------------------ train
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[str | None, typer.Option(help="Dataset version, e.g. lab@v1 (default: params train.data).")] = None,
+    parent: Annotated[str | None, typer.Option("--from", help="Model to fine-tune, e.g. cityloop-detector:v2.")] = None,
+    promote: Annotated[bool, typer.Option(help="Run the promotion gate after registration.")] = False,
+) -> None:
+    """Train → export ONNX → parity → register → evaluate, as the Prefect flow `train`.
+
+    Re-running the same command after a kill resumes from the run's last checkpoint.
+    """
+    from flows.training import train_flow
+
+    root = find_root()
+    data = data or load_params(root).get("train", {}).get("data", "lab@latest")
+    summary = train_flow(data=data, parent=parent, promote=promote, root=str(root))
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
+    decision = summary.get("promotion")
+    if decision is not None and not decision["promoted"]:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------- demo

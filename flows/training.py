@@ -1,0 +1,136 @@
+"""Prefect flow `train`: train → export → parity → register → evaluate (→ promote).
+
+Orchestration only: every task calls plain functions of `models`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from cityloop.settings import find_root, load_params
+from models.export import check_parity, export_onnx
+from models.package import build_card, evaluate_split, load_detector, sample_frames
+from models.registry import Registry, RegistryParams
+from models.train import TrainParams, train
+
+
+def _registry(root: str) -> Registry:
+    return Registry(Path(root), RegistryParams.from_dict(load_params(Path(root)).get("registry", {})))
+
+
+@task(name="train")
+def train_task(root: str, data: str, params: dict, parent: str | None) -> dict:
+    """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent."""
+    weights, replay = None, ()
+    if parent:
+        pv = _registry(root).get(parent)
+        weights = pv.path / "weights.pt"
+        replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
+    holdout = tuple(load_params(Path(root)).get("ingest", {}).get("holdout", ()))
+    res = train(Path(root), data, TrainParams.from_dict(params), parent=parent, parent_weights=weights,
+                replay=replay, holdout=holdout, progress=False)
+    val = res.metrics["val/loss"].dropna() if "val/loss" in res.metrics else []
+    return {"run_dir": str(res.run_dir), "weights": str(res.weights), "epochs": res.epochs, "steps": res.steps,
+            "resumed": res.resumed, "val_loss": float(val.iloc[-1]) if len(val) else None, "replay": list(replay)}
+
+
+@task(name="export")
+def export_task(root: str, run: dict, data: str, parent: str | None, params: dict) -> tuple[str, dict]:
+    """Export the plain module to one self-contained ONNX file and write its card."""
+    card = build_card(Path(root), data, parent, params)
+    model = load_detector(Path(run["weights"]), params.get("width", 24))
+    path = export_onnx(model, card, Path(run["run_dir"]) / "model.onnx")
+    card.save(Path(run["run_dir"]) / "card.json")
+    return str(path), card.to_dict()
+
+
+@task(name="parity")
+def parity_task(root: str, run: dict, onnx_path: str, card: dict, data: str, n: int, tolerance: float) -> dict:
+    """Same frames through torch and onnxruntime: raw outputs and decoded boxes must agree."""
+    from models.card import ModelCard
+
+    model = load_detector(Path(run["weights"]), card["extra"]["train_params"].get("width", 24))
+    frames = sample_frames(Path(root), data, n, split="val")
+    return check_parity(model, Path(onnx_path), ModelCard.from_dict(card), frames, tolerance).to_dict()
+
+
+@task(name="register")
+def register_task(root: str, onnx_path: str, card: dict, run: dict, parity: dict) -> str:
+    """Register the version (refused by the registry when parity failed)."""
+    from models.card import ModelCard
+
+    mv = _registry(root).register(Path(onnx_path), ModelCard.from_dict(card), {"weights.pt": Path(run["weights"])},
+                                  parity)
+    return mv.id
+
+
+@task(name="evaluate")
+def evaluate_task(root: str, model_id: str, data: str) -> dict:
+    """Benchmark set (field) through the registry, and the training data's test split (lab)."""
+    reg = _registry(root)
+    bench = reg.evaluate(model_id)
+    mv = reg.get(model_id)
+    test = evaluate_split(Path(root), mv.model_path, mv.card, data, "test")
+    return {"benchmark": bench, "test": test}
+
+
+@task(name="promote")
+def promote_task(root: str, model_id: str) -> dict:
+    """The promotion gate: target, no condition regression, parity, latency."""
+    return _registry(root).promote(model_id).to_dict()
+
+
+def report(model_id: str, run: dict, parity: dict, metrics: dict, decision: dict | None) -> str:
+    """Markdown for the Prefect artifact: metrics per class and condition, parity, decision."""
+    bench, test = metrics["benchmark"], metrics["test"]
+    lines = [f"# {model_id}", "", f"trained {run['epochs']} epochs / {run['steps']} steps, val loss "
+             f"{run['val_loss']}, resumed: {run['resumed']}", "",
+             "| set | mAP@0.5 | mAP@0.5:0.95 |", "|---|---|---|",
+             f"| {test['dataset']} test | {test['mAP50']:.3f} | {test['mAP']:.3f} |",
+             f"| {bench.get('benchmark')} | {bench['mAP50']:.3f} | {bench['mAP']:.3f} |", "",
+             "| class | test AP50 | benchmark AP50 |", "|---|---|---|"]
+    for cls, ap in bench.get("per_class", {}).items():
+        lines.append(f"| {cls} | {test['per_class'].get(cls, float('nan')):.3f} | {ap:.3f} |")
+    lines += ["", "| condition | benchmark mAP@0.5 |", "|---|---|"]
+    for cond, m in bench.get("by", {}).get("condition", {}).items():
+        lines.append(f"| {cond} | {m['mAP50'] if m['mAP50'] is None else round(m['mAP50'], 3)} |")
+    lines += ["", f"parity: passed={parity['passed']} max abs diff {parity['max_abs_diff']}"]
+    if decision:
+        lines += ["", f"promotion: {'promoted' if decision['promoted'] else 'refused'}: {decision['reason']}"]
+    return "\n".join(lines)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(data: str = "lab@latest", parent: str | None = None, promote: bool = False,
+               root: str | None = None) -> dict:
+    """Train a detector on a governed dataset version and register it in the algorithm repository.
+
+    Args:
+        data: dataset version to train on, e.g. "lab@v2" or "field-pool@latest" (never a benchmark set).
+        parent: registered model to fine-tune, e.g. "cityloop-detector:production" (warm start + replay).
+        promote: run the promotion gate after registration.
+        root: workspace (default: the git top level of the working directory).
+    """
+    root = root or str(find_root())
+    params = load_params(Path(root))
+    tp = params.get("train", {})
+    tp = {k: v for k, v in tp.items() if k != "data"}
+    ex = params.get("export", {})
+    run = train_task(root, data, tp, parent)
+    onnx_path, card = export_task(root, run, data, parent, tp)
+    parity = parity_task(root, run, onnx_path, card, data, ex.get("parity_frames", 16),
+                         params.get("registry", {}).get("parity_tolerance", 1e-4))
+    model_id = register_task(root, onnx_path, card, run, parity)
+    metrics = evaluate_task(root, model_id, data)
+    decision = promote_task(root, model_id) if promote else None
+    create_markdown_artifact(key="train-report", markdown=report(model_id, run, parity, metrics, decision),
+                             description=f"{model_id} trained on {data}")
+    summary = {"model": model_id, "run": run, "parity": parity["passed"],
+               "test_mAP50": metrics["test"]["mAP50"], "benchmark_mAP50": metrics["benchmark"]["mAP50"],
+               "benchmark": metrics["benchmark"].get("benchmark"), "promotion": decision}
+    print(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
+    return summary

@@ -1,0 +1,80 @@
+"""A small anchor-free detector (CenterNet-style, stride 4) that trains in minutes on two cores.
+
+Plain nn.Module: training wraps it in a LightningModule, export and serving use it as is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DetectorConfig:
+    num_classes: int = 7
+    width: int = 24  # channels of the first stage; later stages use 2x and 4x
+    stride: int = 4  # output cell size in input px
+    wh_unit: float = 16.0  # box sizes are predicted as log(size / wh_unit)
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Block(nn.Sequential):
+    """Depthwise-separable conv block: cheap receptive field for small CPUs."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__(conv_bn(cin, cin, stride, groups=cin),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         conv_bn(cout, cout, 1, groups=cout),
+                         nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Detector(nn.Module):
+    """Input (B, 3, H, W) RGB scaled to 0..1; outputs heatmap logits, box size (px), centre offset.
+
+    Each image is standardised by its own mean and std inside the graph, so a dark night frame
+    and a bright day frame reach the backbone on the same scale.
+    """
+
+    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or DetectorConfig()
+        w = cfg.width
+        self.stem = conv_bn(3, w, 2)  # /2
+        self.s4 = Block(w, 2 * w, 2)  # /4
+        self.s8 = Block(2 * w, 4 * w, 2)  # /8
+        self.s16 = Block(4 * w, 4 * w, 2)  # /16
+        self.lat8 = nn.Conv2d(4 * w, 2 * w, 1)
+        self.lat16 = nn.Conv2d(4 * w, 2 * w, 1)
+        self.fuse = conv_bn(2 * w, 2 * w)
+        self.heat = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, cfg.num_classes, 1))
+        self.wh = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
+        self.off = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
+        nn.init.constant_(self.heat[-1].bias, -math.log((1 - 0.1) / 0.1))  # prior p=0.1 (focal loss)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True) + 1e-3
+        x = (x - mean) / std
+        f4 = self.s4(self.stem(x))  # (B, 2w, H/4, W/4)
+        f8 = self.s8(f4)  # (B, 4w, H/8, W/8)
+        f16 = self.s16(f8)  # (B, 4w, H/16, W/16)
+        up16 = nn.functional.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest")
+        up8 = nn.functional.interpolate(self.lat8(f8) + up16, scale_factor=2.0, mode="nearest")
+        return self.fuse(f4 + up8)  # (B, 2w, H/4, W/4)
+
+    def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training view: heatmap logits, log box size (in wh_unit), offset logits-free."""
+        f = self.features(x)
+        return self.heat(f), self.wh(f), self.off(f)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Export/serving view: heatmap logits (B,C,h,w), box size in px (B,2,h,w), offset (B,2,h,w)."""
+        heat, logwh, off = self.forward_raw(x)
+        return heat, torch.exp(logwh.clamp(-6, 6)) * self.cfg.wh_unit, off

@@ -1,0 +1,203 @@
+"""Training data: frames of a governed dataset version, augmented, with CenterNet targets.
+
+The datamodule reads a published version (manifest + COCO) and nothing else, and refuses
+benchmark sets: a dataset named in `holdout`, or any frame whose split is "bench".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from governance.repository import DataRepository
+from governance.schema import CATEGORY_IDS, CLASSES
+from governance.store import FrameStore
+
+MAX_OBJECTS = 64
+
+
+class BenchmarkLeakError(ValueError):
+    """Training was asked to read a benchmark set."""
+
+
+@dataclass
+class Augment:
+    """Photometric and geometric augmentation that mimics lighting, weather and cameras."""
+
+    flip: float = 0.5
+    dark: float = 0.35  # probability of a low-light gain (0.2..0.6)
+    tint: float = 0.5
+    noise: float = 0.4
+    blur: float = 0.2
+    jpeg: float = 0.3
+    fog: float = 0.15
+
+    def __call__(self, img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """img (H, W, 3) uint8 RGB; boxes (N, 4) xyxy px. Returns new arrays."""
+        h, w = img.shape[:2]
+        if rng.random() < self.flip:
+            img = img[:, ::-1]
+            boxes = boxes.copy()
+            boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+        f = img.astype(np.float32)
+        if rng.random() < self.dark:
+            f *= rng.uniform(0.2, 0.6)
+        if rng.random() < self.tint:
+            f *= rng.uniform(0.8, 1.2, 3).astype(np.float32)
+        if rng.random() < self.fog:
+            a = rng.uniform(0.2, 0.6)
+            f = f * (1 - a) + 200 * a
+        if rng.random() < self.noise:
+            f += rng.normal(0, rng.uniform(2, 10), f.shape).astype(np.float32)
+        if rng.random() < self.blur:
+            k = int(rng.integers(3, 7))
+            kern = np.zeros((k, k), np.float32)
+            kern[k // 2] = 1.0 / k
+            f = cv2.filter2D(f, -1, kern)
+        img = np.clip(f, 0, 255).astype(np.uint8)
+        if rng.random() < self.jpeg:
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return np.ascontiguousarray(img), boxes
+
+
+def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int], stride: int,
+                 wh_unit: float) -> dict[str, np.ndarray]:
+    """CenterNet targets: gaussian heatmap per class, and per object its cell, log size and offset."""
+    oh, ow = size[0] // stride, size[1] // stride
+    heat = np.zeros((num_classes, oh, ow), np.float32)
+    ind = np.zeros(MAX_OBJECTS, np.int64)
+    wh = np.zeros((MAX_OBJECTS, 2), np.float32)
+    off = np.zeros((MAX_OBJECTS, 2), np.float32)
+    mask = np.zeros(MAX_OBJECTS, np.float32)
+    ys, xs = np.mgrid[0:oh, 0:ow].astype(np.float32)
+    for k, ((x0, y0, x1, y1), c) in enumerate(zip(boxes[:MAX_OBJECTS], labels[:MAX_OBJECTS])):
+        bw, bh = x1 - x0, y1 - y0
+        if bw < 1 or bh < 1:
+            continue
+        cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+        ix, iy = int(np.clip(cx, 0, ow - 1)), int(np.clip(cy, 0, oh - 1))
+        sx, sy = max(0.5, 0.09 * bw / stride), max(0.5, 0.09 * bh / stride)  # TTFNet: alpha 0.54 / 6
+        g = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        np.maximum(heat[c], g, out=heat[c])
+        heat[c, iy, ix] = 1.0
+        ind[k], mask[k] = iy * ow + ix, 1.0
+        wh[k] = np.log(np.array([bw, bh], np.float32) / wh_unit)
+        off[k] = (cx - ix, cy - iy)
+    return {"heat": heat, "ind": ind, "wh": wh, "off": off, "mask": mask}
+
+
+class FrameDataset(Dataset):
+    """Frames of a manifest with their boxes, as (image tensor, targets) pairs."""
+
+    def __init__(self, data_dir: Path, manifest: pd.DataFrame, coco: dict, size: tuple[int, int] = (192, 192),
+                 stride: int = 4, wh_unit: float = 16.0, augment: Augment | None = None) -> None:
+        self.data_dir, self.size, self.stride, self.wh_unit = Path(data_dir), size, stride, wh_unit
+        self.paths = list(manifest["path"])
+        self.shas = list(manifest["sha256"])
+        boxes: dict[str, list] = {s: [] for s in self.shas}
+        for a in coco["annotations"]:
+            if a.get("sha256") in boxes and a["category_id"] in ID_TO_INDEX:
+                x, y, w, h = a["bbox"]
+                boxes[a["sha256"]].append((x, y, x + w, y + h, ID_TO_INDEX[a["category_id"]]))
+        self.boxes = [np.asarray(boxes[s], np.float32).reshape(-1, 5) for s in self.shas]
+        self.augment = augment
+        self._store: FrameStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> np.ndarray:
+        """RGB uint8 frame i at the training size."""
+        if self._store is None:  # one handle per worker process
+            self._store = FrameStore(self.data_dir)
+        img = cv2.imdecode(np.frombuffer(self._store.read(self.paths[i]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        return img
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img = self.image(i)
+        b = self.boxes[i]
+        boxes, labels = b[:, :4].copy(), b[:, 4].astype(np.int64)
+        h, w = img.shape[:2]
+        if (h, w) != self.size:
+            sx, sy = self.size[1] / w, self.size[0] / h
+            img = cv2.resize(img, self.size[::-1], interpolation=cv2.INTER_AREA)
+            boxes *= np.array([sx, sy, sx, sy], np.float32)
+        if self.augment is not None:  # drawn from torch's RNG: reproducible under seed_everything(workers=True)
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            img, boxes = self.augment(img, boxes, rng)
+        t = draw_targets(boxes, labels, len(CLASSES), self.size, self.stride, self.wh_unit)
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+        return x, {k: torch.from_numpy(v) for k, v in t.items()}
+
+
+ID_TO_INDEX = {CATEGORY_IDS[c]: i for i, c in enumerate(CLASSES)}
+
+
+def check_not_benchmark(version: str, manifest: pd.DataFrame, holdout: tuple[str, ...]) -> None:
+    """Refuse a benchmark set (named in holdout, or holding frames of split "bench")."""
+    name = version.split("@")[0]
+    if name in holdout:
+        raise BenchmarkLeakError(f"{version} is a benchmark set (ingest.holdout): training never reads it")
+    if (manifest["split"] == "bench").any():
+        raise BenchmarkLeakError(f"{version} holds {int((manifest['split'] == 'bench').sum())} benchmark frames")
+
+
+class GovernedDataModule(pl.LightningDataModule):
+    """Train/val loaders over a published dataset version, with optional replay of earlier versions."""
+
+    def __init__(self, root: Path, version: str, holdout: tuple[str, ...] = (), replay: tuple[str, ...] = (),
+                 replay_ratio: float = 0.5, batch_size: int = 32, num_workers: int = 0,
+                 augment: Augment | None = None, max_train: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.root, self.version, self.holdout, self.replay = Path(root), version, holdout, replay
+        self.replay_ratio, self.batch_size, self.num_workers = replay_ratio, batch_size, num_workers
+        self.augment, self.max_train, self.seed = augment or Augment(), max_train, seed
+        self.train_set: FrameDataset | None = None
+        self.val_set: FrameDataset | None = None
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+        """(train rows, val rows, merged COCO) of the version plus replayed earlier data."""
+        repo = DataRepository(self.root)
+        manifest, coco = repo.load(self.version)
+        check_not_benchmark(self.version, manifest, self.holdout)
+        labeled = manifest[manifest["labeled"].astype(bool)]
+        train = labeled[labeled["split"].isin(["train", "pool"])]
+        val = labeled[labeled["split"] == "val"]
+        if self.max_train:
+            train = train.sample(n=min(self.max_train, len(train)), random_state=self.seed)
+        coco_all = {"annotations": list(coco["annotations"])}
+        for vid in self.replay:  # earlier data, so a fine-tune does not forget old conditions
+            old, old_coco = repo.load(vid)
+            check_not_benchmark(vid, old, self.holdout)
+            old = old[old["labeled"].astype(bool) & old["split"].isin(["train", "pool"])]
+            old = old[~old["sha256"].isin(train["sha256"])]
+            n = min(len(old), int(round(self.replay_ratio * len(train) / max(1e-6, 1 - self.replay_ratio))))
+            train = pd.concat([train, old.sample(n=n, random_state=self.seed)], ignore_index=True)
+            coco_all["annotations"] += old_coco["annotations"]
+        return train.reset_index(drop=True), val.reset_index(drop=True), coco_all
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val, coco = self.frames()
+        if not len(train):
+            raise ValueError(f"{self.version} has no labeled train frames")
+        data = self.root / "data"
+        self.train_set = FrameDataset(data, train, coco, augment=self.augment)
+        self.val_set = FrameDataset(data, val if len(val) else train.head(64), coco)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=len(self.train_set) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,131 @@
+"""Run a model version with onnxruntime: preprocess by its card, infer, decode to detections.
+
+Torch-free: the registry's benchmark runs, the Bento service and edge nodes all use this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from models.card import InputSpec, ModelCard, OutputSpec
+
+
+@dataclass
+class Detection:
+    """One box in original-image pixels (xyxy) with its platform class."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+    label: int  # model class index
+    cls: str | None  # platform class name (None: the model's class maps to nothing)
+
+    @property
+    def xywh(self) -> list[float]:
+        return [self.x0, self.y0, self.x1 - self.x0, self.y1 - self.y0]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 (H, W, 3); ValueError when they are not an image."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("bytes are not a decodable JPEG/PNG image")
+    return img[..., ::-1]
+
+
+def preprocess(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """RGB uint8 images -> (B, 3, H, W) float32 as the card declares."""
+    batch = np.empty((len(images), 3, spec.height, spec.width), np.float32)
+    mean = np.asarray(spec.mean, np.float32)[:, None, None]
+    std = np.asarray(spec.std, np.float32)[:, None, None]
+    for i, img in enumerate(images):
+        if img.shape[:2] != (spec.height, spec.width):
+            img = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+        batch[i] = (img.transpose(2, 0, 1).astype(np.float32) * spec.scale - mean) / std
+    return batch
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def decode_centernet(heat: np.ndarray, wh: np.ndarray, off: np.ndarray, spec: OutputSpec) -> list[np.ndarray]:
+    """CenterNet outputs -> per image an (N, 6) array [x0, y0, x1, y1, score, label] in input px.
+
+    heat: (B, C, h, w) logits; wh: (B, 2, h, w) box size in input px; off: (B, 2, h, w) cell offset.
+    A peak is a cell equal to the max of its 3x3 neighbourhood (CenterNet's NMS).
+    """
+    prob = _sigmoid(heat)
+    out = []
+    for b in range(prob.shape[0]):
+        p = prob[b]
+        pooled = np.stack([cv2.dilate(c, np.ones((3, 3), np.uint8)) for c in p])
+        peaks = (p == pooled) & (p >= spec.score_threshold)
+        cls, ys, xs = np.nonzero(peaks)
+        scores = p[cls, ys, xs]
+        order = np.argsort(-scores, kind="stable")[: spec.max_detections]
+        cls, ys, xs, scores = cls[order], ys[order], xs[order], scores[order]
+        cx = (xs + off[b, 0, ys, xs]) * spec.stride
+        cy = (ys + off[b, 1, ys, xs]) * spec.stride
+        w, h = np.maximum(wh[b, 0, ys, xs], 0), np.maximum(wh[b, 1, ys, xs], 0)
+        out.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, scores, cls], 1).astype(np.float32))
+    return out
+
+
+def decode_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, spec: OutputSpec) -> list[np.ndarray]:
+    """Already-decoded outputs (B, K, 4) xyxy, (B, K), (B, K) -> per image (N, 6), thresholded."""
+    out = []
+    for b in range(boxes.shape[0]):
+        keep = scores[b] >= spec.score_threshold
+        order = np.argsort(-scores[b][keep], kind="stable")[: spec.max_detections]
+        rows = np.concatenate([boxes[b][keep][order], scores[b][keep][order, None],
+                               labels[b][keep][order, None].astype(np.float32)], 1)
+        out.append(rows.astype(np.float32))
+    return out
+
+
+def decode_outputs(outputs: list[np.ndarray], spec: OutputSpec) -> list[np.ndarray]:
+    """Dispatch on the card's output format."""
+    if spec.format == "centernet":
+        return decode_centernet(*outputs[:3], spec)
+    if spec.format == "boxes":
+        return decode_boxes(*outputs[:3], spec)
+    raise ValueError(f"unknown output format {spec.format!r} (centernet or boxes)")
+
+
+class OnnxDetector:
+    """A model version loaded in onnxruntime."""
+
+    def __init__(self, model_path: Path, card: ModelCard, threads: int = 1) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.card = card
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = list(card.output.names)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs for a preprocessed batch."""
+        return self.session.run(self.output_names, {self.input_name: batch})
+
+    def detect(self, images: list[np.ndarray], batch_size: int = 32) -> list[list[Detection]]:
+        """Detections per RGB uint8 image, boxes scaled back to each image's own size."""
+        spec = self.card.input
+        results: list[list[Detection]] = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            rows = decode_outputs(self.raw(preprocess(chunk, spec)), self.card.output)
+            for img, r in zip(chunk, rows):
+                sx, sy = img.shape[1] / spec.width, img.shape[0] / spec.height
+                results.append([Detection(float(x0 * sx), float(y0 * sy), float(x1 * sx), float(y1 * sy),
+                                          float(s), int(lab), self.card.platform_class(int(lab)))
+                                for x0, y0, x1, y1, s, lab in r])
+        return results

@@ -1,0 +1,102 @@
+"""Training: from scratch or warm-started from a parent, checkpointed and resumable after a kill.
+
+A run's directory is named by what defines it (dataset version, parent, params), so running
+the same command again resumes from its last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from models.components.detector import Detector
+from models.data import Augment, GovernedDataModule
+from models.module import DetectorModule, load_weights
+
+
+@dataclass
+class TrainParams:
+    """The `train:` section of params.yaml."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    width: int = 24
+    num_workers: int = 0
+    replay_ratio: float = 0.4  # share of replayed earlier frames when fine-tuning
+    max_train: int | None = None  # cap on train frames (shrunk configs)
+    limit_train_batches: float = 1.0
+    seed: int = 0
+    threads: int = 2
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TrainParams:
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train params: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    weights: Path  # plain Detector state_dict, what export and fine-tuning read
+    model: Detector
+    metrics: pd.DataFrame  # one row per logged step/epoch (CSVLogger)
+    resumed: bool
+    epochs: int
+    steps: int
+
+
+def run_id(data: str, parent: str | None, params: TrainParams) -> str:
+    """Stable id of a training run: same inputs, same run directory."""
+    key = json.dumps({"data": data, "parent": parent, **asdict(params)}, sort_keys=True)
+    slug = data.replace("@", "-").replace(":", "-")
+    return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def train(root: Path, data: str, params: TrainParams, *, parent: str | None = None,
+          parent_weights: Path | None = None, replay: tuple[str, ...] = (), holdout: tuple[str, ...] = (),
+          runs_dir: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train a detector on dataset version `data` (train split; val split for validation).
+
+    parent/parent_weights: warm start from a registered version's weights; `replay` lists the
+    earlier dataset versions whose frames are mixed in (replay_ratio) so old conditions stay.
+    """
+    torch.set_num_threads(params.threads)
+    pl.seed_everything(params.seed, workers=True)
+    run_dir = Path(runs_dir or Path(root) / ".cityloop" / "runs") / run_id(data, parent, params)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = last.exists()
+    dm = GovernedDataModule(root, data, holdout, replay, params.replay_ratio, params.batch_size,
+                            params.num_workers, Augment(), params.max_train, params.seed)
+    module = DetectorModule(params.width, params.lr, params.weight_decay, params.epochs)
+    if parent_weights and not resumed:
+        load_weights(module.model, parent_weights)
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,
+                           save_top_k=1, monitor="val/loss", auto_insert_metric_name=False)
+    trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs",
+                         version=0), callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
+                         limit_train_batches=params.limit_train_batches, log_every_n_steps=5,
+                         num_sanity_val_steps=0, deterministic=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    weights = run_dir / "weights.pt"
+    torch.save(module.model.state_dict(), weights)
+    (run_dir / "run.json").write_text(json.dumps({"data": data, "parent": parent, "replay": list(replay),
+                                                  "params": asdict(params), "epochs": trainer.current_epoch,
+                                                  "steps": trainer.global_step}, indent=1))
+    metrics_csv = run_dir / "logs" / "version_0" / "metrics.csv"
+    metrics = pd.read_csv(metrics_csv) if metrics_csv.exists() else pd.DataFrame()
+    return TrainResult(run_dir, last, weights, module.model.eval(), metrics, resumed, trainer.current_epoch,
+                       trainer.global_step)

@@ -1,0 +1,125 @@
+"""Training on a shrunk config: loss falls, mAP beats a random model, resume after a kill,
+benchmark sets refused, and the `train` flow registers a version end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from governance.gate import GateParams
+from governance.repository import DataRepository
+from models.card import ModelCard
+from models.components.detector import Detector, DetectorConfig
+from models.data import BenchmarkLeakError, GovernedDataModule
+from models.export import export_onnx
+from models.package import build_card, evaluate_split
+from models.train import TrainParams, train
+from scenes.frames import generate_frames
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"epochs": 12, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace with lab@v1 (120 frames, train/val/test) and field-bench@v1 (40 frames)."""
+    from tests.conftest import git
+
+    ws = tmp_path_factory.mktemp("train") / "ws"
+    (ws / ".dvc").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        shutil.copy(REPO / name, ws / name)
+    shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
+    git(ws, "init", "-q", "-b", "main")
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "ws")
+    repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))
+    generate_frames("lab", 120, 0, ws / "raw" / "lab")
+    generate_frames("field", 40, 1, ws / "raw" / "field")
+    repo.ingest(ws / "raw" / "lab", "lab", docs=False, push=False)
+    repo.ingest(ws / "raw" / "field", "field-bench", split="bench", docs=False, push=False)
+    return ws
+
+
+def map50(ws: Path, model: Detector, tmp: Path) -> float:
+    card = build_card(ws, "lab@v1", None, {}, score_threshold=0.01)
+    path = export_onnx(model.eval(), card, tmp / "m.onnx")
+    return evaluate_split(ws, path, card, "lab@v1", "train")["mAP50"]
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_beats_a_random_model(ws: Path, tmp_path: Path):
+    res = train(ws, "lab@v1", TrainParams.from_dict(TINY), runs_dir=tmp_path / "runs", progress=False)
+    loss = res.metrics["train/loss_epoch"].dropna()
+    assert len(loss) == TINY["epochs"] and loss.iloc[-1] < 0.6 * loss.iloc[0]
+    assert (res.run_dir / "checkpoints" / "last.ckpt").exists() and res.weights.exists()
+    torch.manual_seed(0)
+    random_map = map50(ws, Detector(DetectorConfig(width=8)), tmp_path / "random")
+    trained_map = map50(ws, res.model, tmp_path / "trained")
+    assert trained_map > random_map + 0.05, (trained_map, random_map)
+
+
+def test_a_benchmark_set_is_never_read_by_training(ws: Path):
+    dm = GovernedDataModule(ws, "field-bench@v1", holdout=("field-bench",))
+    with pytest.raises(BenchmarkLeakError, match="benchmark set"):
+        dm.setup()
+    dm = GovernedDataModule(ws, "field-bench@v1", holdout=())  # even unnamed: its split is "bench"
+    with pytest.raises(BenchmarkLeakError, match="benchmark frames"):
+        dm.setup()
+
+
+@pytest.mark.slow
+def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
+    params = {**TINY, "epochs": 8}
+    script = (f"from pathlib import Path; from models.train import train, TrainParams; "
+              f"r = train(Path({str(ws)!r}), 'lab@v1', TrainParams.from_dict({params!r}), "
+              f"runs_dir=Path({str(tmp_path)!r}), progress=False); print('resumed', r.resumed, r.epochs, r.steps)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    ckpts: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:  # kill once the second epoch is checkpointed
+        ckpts = [p for p in tmp_path.glob("*/checkpoints/epoch*.ckpt") if "epoch00" not in p.name]
+        if ckpts:
+            break
+        time.sleep(0.2)
+    assert ckpts and proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("resumed")][-1].split()
+    assert line[1] == "True" and int(line[2]) == 8
+    assert "Restoring states from the checkpoint" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_train_flow_registers_a_parity_checked_version(ws: Path, monkeypatch):
+    import yaml
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.training import train_flow
+    from models.registry import Registry
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update({**TINY, "epochs": 2})
+    params["registry"].update({"benchmark": "field-bench@latest", "target": 0.0, "latency_budget_ms": 1000})
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    with prefect_test_harness(server_startup_timeout=90):
+        state = train_flow(data="lab@v1", promote=True, root=str(ws), return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert out["parity"] is True and out["promotion"]["promoted"] is True
+    mv = Registry(ws).get(out["model"])
+    assert mv.stage == "production" and (mv.path / "weights.pt").exists()
+    card = ModelCard.load(mv.path / "card.json")
+    assert card.dataset == "lab@v1" and card.classes and card.git_commit
+    assert out["benchmark"] == "field-bench@v1" and 0.0 <= out["benchmark_mAP50"] <= 1.0
