@@ -33,7 +33,8 @@ test-fast: $(STAMP) ## Tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP) ## Benchmarks (figures go to benchmarks/results.md)
-	$(BIN)/python benchmarks/governance.py
+	$(BIN)/python benchmarks/bench_governance.py
+	$(BIN)/python benchmarks/bench_models.py
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -232,6 +232,85 @@ def train_cmd(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------ dvc stages
+
+stage_app = typer.Typer(help="The dvc.yaml stages train → export → evaluate (what `dvc repro` runs).",
+                        no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+
+
+@stage_app.command("train")
+def stage_train(out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/train")) -> None:
+    """Train on params train.data; writes weights.pt, run.json, train.json (metrics), loss.csv (plots)."""
+    import shutil
+
+    import pandas as pd
+
+    from models.package import train_step
+
+    root = find_root()
+    tp = dict(load_params(root).get("train", {}))
+    run = train_step(root, tp.pop("data", "lab@latest"), tp)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run["weights"], out / "weights.pt")
+    (out / "run.json").write_text(json.dumps({**run, "weights": str((out / "weights.pt").resolve())}, indent=1))
+    metrics = pd.read_csv(Path(run["run_dir"]) / "logs" / "version_0" / "metrics.csv")
+    per_epoch = metrics.groupby("epoch")[[c for c in ("train/loss_epoch", "val/loss") if c in metrics]].last()
+    per_epoch.reset_index().to_csv(out / "loss.csv", index=False)
+    (out / "train.json").write_text(json.dumps({"data": run["data"], "epochs": run["epochs"], "steps": run["steps"],
+                                                "val_loss": run["val_loss"]}, indent=1))
+    console.print(f"trained on {run['data']}: {run['epochs']} epochs, val loss {run['val_loss']}")
+
+
+@stage_app.command("export")
+def stage_export(
+    run: Annotated[Path, typer.Option(help="run.json of the train stage.")] = Path("artifacts/train/run.json"),
+    out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/model"),
+) -> None:
+    """Export ONNX + card and check parity; writes model.onnx, card.json, parity.json. Exit 1 on a parity failure."""
+    from models.package import export_step, parity_step
+
+    root = find_root()
+    params = load_params(root)
+    info = json.loads(run.read_text())
+    path, card = export_step(root, info, out)
+    parity = parity_step(root, info, path, card, params.get("export", {}).get("parity_frames", 16),
+                         params.get("registry", {}).get("parity_tolerance", 1e-4))
+    (out / "parity.json").write_text(json.dumps(parity, indent=1))
+    console.print(f"{path}: parity {'passed' if parity['passed'] else 'FAILED'} {parity['max_abs_diff']}")
+    if not parity["passed"]:
+        raise typer.Exit(1)
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(
+    model: Annotated[Path, typer.Option(help="Folder with model.onnx + card.json.")] = Path("artifacts/model"),
+    out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/eval"),
+) -> None:
+    """mAP on the benchmark set and the training data's test split; metrics.json + per-class/condition CSVs."""
+    import pandas as pd
+
+    from models.card import ModelCard
+    from models.package import evaluate_step
+
+    root = find_root()
+    bench = load_params(root).get("registry", {}).get("benchmark", "field-bench@latest")
+    res = evaluate_step(root, model / "model.onnx", ModelCard.load(model / "card.json"), bench)
+    out.mkdir(parents=True, exist_ok=True)
+    b, t = res["benchmark"], res["test"] or {"mAP50": None, "mAP": None, "per_class": {}}
+    (out / "metrics.json").write_text(json.dumps({"benchmark": b["benchmark"], "benchmark_mAP50": b["mAP50"],
+                                                  "benchmark_mAP": b["mAP"], "test_mAP50": t["mAP50"],
+                                                  "test_mAP": t["mAP"],
+                                                  "latency_ms": b["latency"]["batch1_median_ms"]}, indent=1))
+    classes = sorted(set(b["per_class"]) | set(t["per_class"]))
+    pd.DataFrame({"class": classes, "test": [t["per_class"].get(c) for c in classes],
+                  "benchmark": [b["per_class"].get(c) for c in classes]}).to_csv(out / "per_class.csv", index=False)
+    conds = b.get("by", {}).get("condition", {})
+    pd.DataFrame({"condition": list(conds), "mAP50": [v["mAP50"] for v in conds.values()]}).to_csv(
+        out / "per_condition.csv", index=False)
+    console.print(f"test mAP50 {t['mAP50']}, {b['benchmark']} mAP50 {b['mAP50']}")
+
+
 # ------------------------------------------------------------------------- demo
 
 

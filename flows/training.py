@@ -12,66 +12,40 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from cityloop.settings import find_root, load_params
-from models.export import check_parity, export_onnx
-from models.package import build_card, evaluate_split, load_detector, sample_frames
-from models.registry import Registry, RegistryParams
-from models.train import TrainParams, train
-
-
-def _registry(root: str) -> Registry:
-    return Registry(Path(root), RegistryParams.from_dict(load_params(Path(root)).get("registry", {})))
+from models.card import ModelCard
+from models.package import evaluate_split, export_step, parity_step, registry_for, train_step
 
 
 @task(name="train")
 def train_task(root: str, data: str, params: dict, parent: str | None) -> dict:
     """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent."""
-    weights, replay = None, ()
-    if parent:
-        pv = _registry(root).get(parent)
-        weights = pv.path / "weights.pt"
-        replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
-    holdout = tuple(load_params(Path(root)).get("ingest", {}).get("holdout", ()))
-    res = train(Path(root), data, TrainParams.from_dict(params), parent=parent, parent_weights=weights,
-                replay=replay, holdout=holdout, progress=False)
-    val = res.metrics["val/loss"].dropna() if "val/loss" in res.metrics else []
-    return {"run_dir": str(res.run_dir), "weights": str(res.weights), "epochs": res.epochs, "steps": res.steps,
-            "resumed": res.resumed, "val_loss": float(val.iloc[-1]) if len(val) else None, "replay": list(replay)}
+    return train_step(Path(root), data, params, parent)
 
 
 @task(name="export")
-def export_task(root: str, run: dict, data: str, parent: str | None, params: dict) -> tuple[str, dict]:
+def export_task(root: str, run: dict) -> tuple[str, dict]:
     """Export the plain module to one self-contained ONNX file and write its card."""
-    card = build_card(Path(root), data, parent, params)
-    model = load_detector(Path(run["weights"]), params.get("width", 24))
-    path = export_onnx(model, card, Path(run["run_dir"]) / "model.onnx")
-    card.save(Path(run["run_dir"]) / "card.json")
+    path, card = export_step(Path(root), run, Path(run["run_dir"]))
     return str(path), card.to_dict()
 
 
 @task(name="parity")
-def parity_task(root: str, run: dict, onnx_path: str, card: dict, data: str, n: int, tolerance: float) -> dict:
+def parity_task(root: str, run: dict, onnx_path: str, card: dict, n: int, tolerance: float) -> dict:
     """Same frames through torch and onnxruntime: raw outputs and decoded boxes must agree."""
-    from models.card import ModelCard
-
-    model = load_detector(Path(run["weights"]), card["extra"]["train_params"].get("width", 24))
-    frames = sample_frames(Path(root), data, n, split="val")
-    return check_parity(model, Path(onnx_path), ModelCard.from_dict(card), frames, tolerance).to_dict()
+    return parity_step(Path(root), run, Path(onnx_path), ModelCard.from_dict(card), n, tolerance)
 
 
 @task(name="register")
 def register_task(root: str, onnx_path: str, card: dict, run: dict, parity: dict) -> str:
     """Register the version (refused by the registry when parity failed)."""
-    from models.card import ModelCard
-
-    mv = _registry(root).register(Path(onnx_path), ModelCard.from_dict(card), {"weights.pt": Path(run["weights"])},
-                                  parity)
-    return mv.id
+    reg = registry_for(Path(root))
+    return reg.register(Path(onnx_path), ModelCard.from_dict(card), {"weights.pt": Path(run["weights"])}, parity).id
 
 
 @task(name="evaluate")
 def evaluate_task(root: str, model_id: str, data: str) -> dict:
     """Benchmark set (field) through the registry, and the training data's test split (lab)."""
-    reg = _registry(root)
+    reg = registry_for(Path(root))
     bench = reg.evaluate(model_id)
     mv = reg.get(model_id)
     test = evaluate_split(Path(root), mv.model_path, mv.card, data, "test")
@@ -81,7 +55,7 @@ def evaluate_task(root: str, model_id: str, data: str) -> dict:
 @task(name="promote")
 def promote_task(root: str, model_id: str) -> dict:
     """The promotion gate: target, no condition regression, parity, latency."""
-    return _registry(root).promote(model_id).to_dict()
+    return registry_for(Path(root)).promote(model_id).to_dict()
 
 
 def report(model_id: str, run: dict, parity: dict, metrics: dict, decision: dict | None) -> str:
@@ -121,8 +95,8 @@ def train_flow(data: str = "lab@latest", parent: str | None = None, promote: boo
     tp = {k: v for k, v in tp.items() if k != "data"}
     ex = params.get("export", {})
     run = train_task(root, data, tp, parent)
-    onnx_path, card = export_task(root, run, data, parent, tp)
-    parity = parity_task(root, run, onnx_path, card, data, ex.get("parity_frames", 16),
+    onnx_path, card = export_task(root, run)
+    parity = parity_task(root, run, onnx_path, card, ex.get("parity_frames", 16),
                          params.get("registry", {}).get("parity_tolerance", 1e-4))
     model_id = register_task(root, onnx_path, card, run, parity)
     metrics = evaluate_task(root, model_id, data)

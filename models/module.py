@@ -41,7 +41,7 @@ def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor]
 class DetectorModule(pl.LightningModule):
     """Trains a Detector; metric names read split/name (train/loss, val/loss)."""
 
-    def __init__(self, width: int = 24, lr: float = 3e-3, weight_decay: float = 1e-4, epochs: int = 10) -> None:
+    def __init__(self, width: int = 16, lr: float = 3e-3, weight_decay: float = 1e-4, epochs: int = 10) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = Detector(DetectorConfig(width=width))

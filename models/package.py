@@ -64,3 +64,67 @@ def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, 
     dets = OnnxDetector(Path(model_path), card).detect([img for _, img in pairs])
     result = evaluate(sub, {im["id"]: d for (im, _), d in zip(pairs, dets)}, manifest)
     return {**result, "dataset": version, "split": split}
+
+
+# ------------------------------------------------------------------ lifecycle steps
+# Each step is one plain function: the `train` flow makes each a task, the dvc.yaml stages
+# call them through `cityloop stage …`.
+
+
+def registry_for(root: Path):
+    """The workspace's registry with the `registry:` params."""
+    from cityloop.settings import load_params
+    from models.registry import Registry, RegistryParams
+
+    return Registry(Path(root), RegistryParams.from_dict(load_params(Path(root)).get("registry", {})))
+
+
+def train_step(root: Path, data: str, params: dict, parent: str | None = None, runs_dir: Path | None = None) -> dict:
+    """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent."""
+    from cityloop.settings import load_params
+    from governance import versioning
+    from models.train import TrainParams, train
+
+    data = versioning.resolve(Path(root), data).id  # "lab@latest" -> "lab@v3": the card names a real version
+    weights, replay = None, ()
+    if parent:
+        pv = registry_for(root).get(parent)
+        weights = pv.path / "weights.pt"
+        replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
+    holdout = tuple(load_params(Path(root)).get("ingest", {}).get("holdout", ()))
+    res = train(Path(root), data, TrainParams.from_dict(params), parent=parent, parent_weights=weights,
+                replay=replay, holdout=holdout, runs_dir=runs_dir, progress=False)
+    val = res.metrics["val/loss"].dropna() if "val/loss" in res.metrics else []
+    return {"run_dir": str(res.run_dir), "weights": str(res.weights), "epochs": res.epochs, "steps": res.steps,
+            "resumed": res.resumed, "val_loss": float(val.iloc[-1]) if len(val) else None, "replay": list(replay),
+            "data": data, "parent": parent, "params": params}
+
+
+def export_step(root: Path, run: dict, out_dir: Path) -> tuple[Path, ModelCard]:
+    """Export a run's plain module to one self-contained ONNX file, with its card beside it."""
+    from models.export import export_onnx
+
+    card = build_card(Path(root), run["data"], run["parent"], run["params"])
+    model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
+    path = export_onnx(model, card, Path(out_dir) / "model.onnx")
+    card.save(Path(out_dir) / "card.json")
+    return path, card
+
+
+def parity_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, n: int = 16,
+                tolerance: float = 1e-4) -> dict:
+    """Same validation frames through torch and onnxruntime: raw outputs and decoded boxes agree."""
+    from models.export import check_parity
+
+    model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
+    frames = sample_frames(Path(root), run["data"], n, split="val")
+    return check_parity(model, Path(onnx_path), card, frames, tolerance).to_dict()
+
+
+def evaluate_step(root: Path, model_path: Path, card: ModelCard, benchmark: str) -> dict:
+    """A model on the benchmark set (field) and on its training data's test split (lab)."""
+    from models.evaluate import evaluate_onnx
+
+    bench = evaluate_onnx(Path(model_path), card, Path(root), benchmark)
+    test = evaluate_split(Path(root), Path(model_path), card, card.dataset, "test") if card.dataset else None
+    return {"benchmark": bench, "test": test}

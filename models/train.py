@@ -30,7 +30,7 @@ class TrainParams:
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    width: int = 24
+    width: int = 16
     num_workers: int = 0
     replay_ratio: float = 0.4  # share of replayed earlier frames when fine-tuning
     max_train: int | None = None  # cap on train frames (shrunk configs)

@@ -74,13 +74,12 @@ def test_dvc_repro_rebuilds_the_stages(workspace: Path):
     params["gate"]["min_frames_per_class"] = 2
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, capture_output=True,
-                         text=True)
+    repro = [sys.executable, "-m", "dvc", "repro", "ingest"]  # the data stages (training has its own tests)
+    run = subprocess.run(repro, cwd=workspace, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     for name in ("lab", "field-bench"):
         assert json.loads((workspace / "reports" / "ingest" / f"{name}.json").read_text())["version"] == f"{name}@v1"
-    again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, capture_output=True,
-                           text=True)
+    again = subprocess.run(repro, cwd=workspace, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "didn't change" in again.stdout + again.stderr
     tags = subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True).stdout.split()
     assert sorted(tags) == ["data/field-bench/v1", "data/lab/v1"]

@@ -21,48 +21,40 @@ on ``--weights`` (a state_dict, or a Lightning checkpoint holding one), with 192
 Prints a table and replaces the "## Models" section of ``--out`` (other sections are kept; the
 file is read and rewritten only at the very end).
 
-Run: ``.venv/bin/python benchmarks/models.py`` (about a minute on 2 cores), or e.g.
-``.venv/bin/python benchmarks/models.py --weights ckpt.pt --eval-images bench/images --eval-coco bench/coco.json``.
+Run: ``.venv/bin/python benchmarks/bench_models.py`` (about a minute on 2 cores), or e.g.
+``.venv/bin/python benchmarks/bench_models.py --weights w.pt --eval-images DIR --eval-coco coco.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-# This file is named like the `models` package: keep its folder off the import path, and the
-# repository root on it (the script is run by path, so sys.path[0] is benchmarks/).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from importlib.metadata import version as pkg_version  # noqa: E402
+from models.card import ModelCard
+from models.components.detector import Detector, DetectorConfig
+from models.export import check_parity, export_onnx, quantize_int8, torch_outputs
+from models.runtime import OnnxDetector, decode_image, preprocess
+from scenes.frames import iter_frames
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from models.card import ModelCard  # noqa: E402
-from models.components.detector import Detector, DetectorConfig  # noqa: E402
-from models.export import check_parity, export_onnx, quantize_int8, torch_outputs  # noqa: E402
-from models.runtime import OnnxDetector, decode_image, preprocess  # noqa: E402
-from scenes.frames import iter_frames  # noqa: E402
-
-REPO = _HERE.parent
+REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Models"
 SEED = 0
 BATCHES = (1, 8, 32)
@@ -341,7 +333,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         Row("export to ONNX (dynamo, opset 18)", export_s, "s", "torch.onnx.export + onnx.checker full check"),
         Row("ONNX FP32 file", fp32_kib, "KiB", "self-contained, dynamic batch"),
         Row("parity torch vs ORT FP32: max abs diff", max(parity.max_abs_diff.values()), "",
-            f"{'passed' if parity.passed else 'FAILED: ' + parity.reason}; {diffs}; {parity.frames} frames"),
+            f"{'passed' if parity.passed else 'FAILED'}{': ' + parity.reason if parity.reason else ''}; {diffs}; "
+            f"{parity.frames} frames"),
         Row("INT8 quantization", quant_s, "s", f"QDQ static, per-channel, {len(calib)} calibration frames"),
         Row("ONNX INT8 file", int8_kib, "KiB", f"{fp32_kib / int8_kib:.1f}x smaller"),
         Row("INT8 vs FP32 torch: max abs diff", max(int8_err.values()), "",
@@ -371,7 +364,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, help="state_dict (.pt) of a Detector; default: random init")
-    p.add_argument("--eval-images", type=Path, help="folder of benchmark images (file_name in --eval-coco)")
+    p.add_argument("--eval-images", type=Path, help="folder the file_name of each --eval-coco image is relative to")
     p.add_argument("--eval-coco", type=Path, help="COCO ground truth of --eval-images, for the INT8 mAP delta")
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (default 2)")
     p.add_argument("--frames", type=int, default=64, help="field frames for parity and timing (default 64)")

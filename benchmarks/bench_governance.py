@@ -13,43 +13,38 @@ What one run measures (all in a temporary directory that is removed afterwards):
 
 Prints a table and replaces the "## Governance" section of ``--out`` (other sections are kept).
 
-Run: ``make bench`` (= ``.venv/bin/python benchmarks/governance.py``), or with options,
-e.g. ``.venv/bin/python benchmarks/governance.py --frames 2000 --workers 2``.
+Run: ``make bench`` (= ``.venv/bin/python benchmarks/bench_governance.py``), or with options,
+e.g. ``.venv/bin/python benchmarks/bench_governance.py --frames 2000 --workers 2``.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-# This file is named like the `governance` package: keep its folder off the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import yaml
+from rich.console import Console
+from rich.table import Table
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from importlib.metadata import version as pkg_version  # noqa: E402
+from governance.gate import GateParams
+from governance.repository import Candidate, DataRepository
+from scenes.frames import generate_frames, iter_frames
 
-import yaml  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from governance.gate import GateParams  # noqa: E402
-from governance.repository import Candidate, DataRepository  # noqa: E402
-from scenes.frames import generate_frames, iter_frames  # noqa: E402
-
-REPO = _HERE.parent
+REPO = Path(__file__).resolve().parents[1]
 SIM_FRAMES = 2000
 SIM_DOMAINS = ("field", "lab")
 SEED = 11
