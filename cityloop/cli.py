@@ -244,9 +244,8 @@ def stage_train(out: Annotated[Path, typer.Option(help="Stage output folder.")] 
     """Train on params train.data; writes weights.pt, run.json, train.json (metrics), loss.csv (plots)."""
     import shutil
 
-    import pandas as pd
-
     from models.package import train_step
+    from models.train import read_metrics
 
     root = find_root()
     tp = dict(load_params(root).get("train", {}))
@@ -254,7 +253,7 @@ def stage_train(out: Annotated[Path, typer.Option(help="Stage output folder.")] 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(run["weights"], out / "weights.pt")
     (out / "run.json").write_text(json.dumps({**run, "weights": str((out / "weights.pt").resolve())}, indent=1))
-    metrics = pd.read_csv(Path(run["run_dir"]) / "logs" / "version_0" / "metrics.csv")
+    metrics = read_metrics(Path(run["run_dir"]))
     per_epoch = metrics.groupby("epoch")[[c for c in ("train/loss_epoch", "val/loss") if c in metrics]].last()
     per_epoch.reset_index().to_csv(out / "loss.csv", index=False)
     (out / "train.json").write_text(json.dumps({"data": run["data"], "epochs": run["epochs"], "steps": run["steps"],

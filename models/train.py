@@ -59,6 +59,12 @@ class TrainResult:
     steps: int
 
 
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """All logged metrics of a run; each resume logs to a new logs/version_N, read in order."""
+    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+
+
 def run_id(data: str, parent: str | None, params: TrainParams) -> str:
     """Stable id of a training run: same inputs, same run directory."""
     key = json.dumps({"data": data, "parent": parent, **asdict(params)}, sort_keys=True)
@@ -86,8 +92,8 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
         load_weights(module.model, parent_weights)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,
                            save_top_k=1, monitor="val/loss", auto_insert_metric_name=False)
-    trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs",
-                         version=0), callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
+    trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs"),
+                         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
                          limit_train_batches=params.limit_train_batches, log_every_n_steps=5,
                          num_sanity_val_steps=0, deterministic=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
@@ -96,7 +102,6 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     (run_dir / "run.json").write_text(json.dumps({"data": data, "parent": parent, "replay": list(replay),
                                                   "params": asdict(params), "epochs": trainer.current_epoch,
                                                   "steps": trainer.global_step}, indent=1))
-    metrics_csv = run_dir / "logs" / "version_0" / "metrics.csv"
-    metrics = pd.read_csv(metrics_csv) if metrics_csv.exists() else pd.DataFrame()
+    metrics = read_metrics(run_dir)
     return TrainResult(run_dir, last, weights, module.model.eval(), metrics, resumed, trainer.current_epoch,
                        trainer.global_step)

@@ -21,7 +21,7 @@ from models.components.detector import Detector, DetectorConfig
 from models.data import BenchmarkLeakError, GovernedDataModule
 from models.export import export_onnx
 from models.package import build_card, evaluate_split
-from models.train import TrainParams, train
+from models.train import TrainParams, read_metrics, train
 from scenes.frames import generate_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +98,8 @@ def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("resumed")][-1].split()
     assert line[1] == "True" and int(line[2]) == 8
+    epochs = read_metrics(next(tmp_path.glob("lab-v1-*")))["train/loss_epoch"].dropna()
+    assert len(epochs) == 8  # the metrics of the epochs before the kill are kept
     assert "Restoring states from the checkpoint" in done.stdout + done.stderr
 
 
