@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cityloop.settings import find_root, load_params
 from models.card import ModelCard
-from models.package import evaluate_split, export_step, parity_step, registry_for, train_step
+from models.package import evaluate_split, export_step, int8_step, parity_step, registry_for, train_step
 
 
 @task(name="train")
@@ -50,6 +50,20 @@ def evaluate_task(root: str, model_id: str, data: str) -> dict:
     mv = reg.get(model_id)
     test = evaluate_split(Path(root), mv.model_path, mv.card, data, "test")
     return {"benchmark": bench, "test": test}
+
+
+@task(name="int8")
+def int8_task(root: str, run: dict, onnx_path: str, card: dict, fp32: dict, max_delta: float) -> dict:
+    """Quantize (static INT8) and register the variant only if its mAP delta is within tolerance."""
+    res = int8_step(Path(root), run, Path(onnx_path), ModelCard.from_dict(card), fp32, max_delta)
+    if res["passed"]:
+        parity = {"passed": True, "status": "int8 within mAP tolerance of the parity-checked FP32",
+                  "reason": res["reason"]}
+        mv = registry_for(Path(root)).register(Path(res["path"]), ModelCard.from_dict(res["card"]),
+                                               {"weights.pt": Path(run["weights"])}, parity,
+                                               evaluation=res["metrics"])
+        res["model"] = mv.id
+    return {k: v for k, v in res.items() if k not in ("metrics", "card")}
 
 
 @task(name="promote")
@@ -100,11 +114,13 @@ def train_flow(data: str = "lab@latest", parent: str | None = None, promote: boo
                          params.get("registry", {}).get("parity_tolerance", 1e-4))
     model_id = register_task(root, onnx_path, card, run, parity)
     metrics = evaluate_task(root, model_id, data)
+    int8 = (int8_task(root, run, onnx_path, card, metrics["benchmark"], ex.get("int8_max_delta", 0.02))
+            if ex.get("int8") else None)
     decision = promote_task(root, model_id) if promote else None
     create_markdown_artifact(key="train-report", markdown=report(model_id, run, parity, metrics, decision),
                              description=f"{model_id} trained on {data}")
     summary = {"model": model_id, "run": run, "parity": parity["passed"],
                "test_mAP50": metrics["test"]["mAP50"], "benchmark_mAP50": metrics["benchmark"]["mAP50"],
-               "benchmark": metrics["benchmark"].get("benchmark"), "promotion": decision}
+               "benchmark": metrics["benchmark"].get("benchmark"), "int8": int8, "promotion": decision}
     print(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
     return summary

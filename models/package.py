@@ -128,3 +128,27 @@ def evaluate_step(root: Path, model_path: Path, card: ModelCard, benchmark: str)
     bench = evaluate_onnx(Path(model_path), card, Path(root), benchmark)
     test = evaluate_split(Path(root), Path(model_path), card, card.dataset, "test") if card.dataset else None
     return {"benchmark": bench, "test": test}
+
+
+def int8_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, fp32: dict, max_delta: float,
+              calibration_frames: int = 64) -> dict:
+    """Static INT8 calibrated on the training version; its benchmark mAP delta and speed vs FP32.
+
+    `fp32` is the FP32 model's benchmark evaluation. The variant may be registered only when
+    the mAP@0.5 it loses is within max_delta.
+    """
+    from dataclasses import replace
+
+    from models.evaluate import evaluate_onnx
+    from models.export import quantize_int8
+
+    calib = sample_frames(Path(root), run["data"], calibration_frames, split="train")
+    path = quantize_int8(Path(onnx_path), Path(run["run_dir"]) / "model.int8.onnx", card, calib)
+    card8 = replace(card, variant="int8")
+    q = evaluate_onnx(path, card8, Path(root), fp32["benchmark"])
+    delta = float(fp32["mAP50"] - q["mAP50"])
+    speed = fp32["latency"]["batch1_median_ms"] / max(1e-9, q["latency"]["batch1_median_ms"])
+    return {"path": str(path), "card": card8.to_dict(), "fp32_mAP50": fp32["mAP50"], "int8_mAP50": q["mAP50"],
+            "delta": delta, "max_delta": max_delta, "speedup_batch1": speed, "passed": delta <= max_delta,
+            "reason": f"INT8 loses {delta:.4f} mAP@0.5 on {fp32['benchmark']} (allowed {max_delta})",
+            "metrics": q}
