@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from cityloop.settings import find_root, load_params
@@ -53,7 +53,7 @@ def version_task(root: str, candidate: Candidate, result: GateResult, push: bool
     return {"version": res.version.id, "commit": res.version.commit, **res.summary}
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest")
 def ingest(src: str, dataset: str, source: str = "sim", split: str = "auto", split_by: str = "frame",
            annotations: str | None = None, workers: int = 2, push: bool = True, root: str | None = None) -> dict:
     """Ingest a folder of frames through the gate and publish the dataset's next version.
@@ -75,11 +75,12 @@ def ingest(src: str, dataset: str, source: str = "sim", split: str = "auto", spl
     if not result.success:
         raise GateFailed(result, cand.staging)
     summary = version_task(root, cand, result, push)
-    print(f"{summary['version']}: {summary['frames']} frames, gate {result.successful}/{result.evaluated}")
+    gate = f"{result.successful}/{result.evaluated}"
+    get_run_logger().info(f"{summary['version']}: {summary['frames']} frames, gate {gate}")
     return summary
 
 
-@flow(name="governance-demo", log_prints=True)
+@flow(name="governance-demo")
 def governance_demo(root: str | None = None, frames: int | None = None) -> list[dict]:
     """Generate the demo datasets of params.yaml and ingest each through the gate."""
     root = root or str(find_root())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from cityloop.settings import find_root, load_params
@@ -92,7 +92,7 @@ def report(model_id: str, run: dict, parity: dict, metrics: dict, decision: dict
     return "\n".join(lines)
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=False)  # libraries print (pycocotools): keep that out of the run log
 def train_flow(data: str = "lab@latest", parent: str | None = None, promote: bool = False,
                root: str | None = None) -> dict:
     """Train a detector on a governed dataset version and register it in the algorithm repository.
@@ -122,5 +122,5 @@ def train_flow(data: str = "lab@latest", parent: str | None = None, promote: boo
     summary = {"model": model_id, "run": run, "parity": parity["passed"],
                "test_mAP50": metrics["test"]["mAP50"], "benchmark_mAP50": metrics["benchmark"]["mAP50"],
                "benchmark": metrics["benchmark"].get("benchmark"), "int8": int8, "promotion": decision}
-    print(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
+    get_run_logger().info(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
     return summary
