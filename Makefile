@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install cityloop with pinned dependencies
 
-demo: $(STAMP) ## Generate data, ingest it through the gate, version it with DVC, print the catalog
+demo: $(STAMP) ## Simulate → gate → DVC version, then train → ONNX → registry → promotion gate
 	$(BIN)/cityloop demo
 
 test: $(STAMP) ## Run the whole test suite (slow tests included)

@@ -315,19 +315,29 @@ def stage_evaluate(
 
 @app.command()
 def demo(
-    frames: Annotated[int | None, typer.Option(help="Frames per domain (default: params.yaml).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per dataset (default: params.yaml).")] = None,
+    train: Annotated[bool, typer.Option(help="Also train on lab, register, and run the promotion gate.")] = True,
 ) -> None:
-    """The main job on embedded defaults: generate lab+field data, ingest through the gate, version."""
+    """The main job on embedded defaults: simulate → gate → version, then train → ONNX → registry → gate."""
     from flows.governance import governance_demo
+    from governance import versioning
 
     root = find_root()
     records = governance_demo(root=str(root), frames=frames)
-    from governance import versioning
-
     console.print(versions_table(versioning.list_versions(root)))
     ids = ", ".join(r["version"] for r in records)
     console.print(f"Datasets now at {ids}. Data Docs: {root / 'reports' / 'datadocs' / 'index.html'}")
-    console.print("Read a version: cityloop data show lab@latest | cityloop data checkout lab@v1")
+    if not train:
+        return
+    from flows.training import train_flow
+
+    out = train_flow(data="lab@latest", promote=True, root=str(root))
+    decision = out["promotion"]
+    console.print(f"[bold]{out['model']}[/]: mAP@0.5 {out['test_mAP50']:.3f} on the lab test split, "
+                  f"{out['benchmark_mAP50']:.3f} on {out['benchmark']} (the field): the gap the closed loop closes.")
+    verdict = "[green]promoted" if decision["promoted"] else "[yellow]not promoted"
+    console.print(f"Promotion gate: {verdict}[/]: {decision['reason']}")
+    console.print("See: cityloop data versions | cityloop models list | cityloop models show " + out["model"])
 
 
 if __name__ == "__main__":
