@@ -519,6 +519,9 @@ class Registry:
                  attach: Callable[[str], None] | None = None, source: str | None = None) -> ModelVersion:
         """Copy a model into the store as the next version of `card.name` (immutable, read-only).
 
+        Registering an artifact already stored (same model.onnx bytes and variant) returns that
+        version instead of a duplicate, so re-running a finished training flow is idempotent.
+
         Refused (RegistryError, and a "rejected" event) without a passing parity result (see
         parity_status); partner models carry "n/a (partner artifact)", set by admission.
         extra_files: relative name in the version folder -> file (e.g. {"weights.pt": path}),
@@ -545,6 +548,10 @@ class Registry:
                                      source=source or str(model_path), action="register")])
             raise RegistryError(f"refused to register {name}: {why}")
         with self._lock():
+            model_sha = _sha256(model_path)
+            for same in self.list(name):  # the same artifact again (a re-run): that version, not a copy
+                if same.files.get(MODEL_FILE) == model_sha and same.card.variant == card.variant:
+                    return same
             version = max(self._state().max_version(name),
                           max((v for n, v, _ in self._version_dirs() if n == name), default=0)) + 1
             mid = f"{name}:v{version}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -81,6 +83,9 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     earlier dataset versions whose frames are mixed in (replay_ratio) so old conditions stay.
     """
     torch.set_num_threads(params.threads)
+    if not progress:  # quiet runs (flows, tests): Lightning's tips and notices stay out of the log
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(params.seed, workers=True)
     run_dir = Path(runs_dir or Path(root) / ".cityloop" / "runs") / run_id(data, parent, params)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -159,7 +159,9 @@ PASSED = {"passed": True, "max_abs_diff": 2e-6}
 
 def own_model(tmp: Path, name: str, **kw) -> Path:
     path = tmp / f"{name}-{len(list(tmp.glob('*.onnx')))}.onnx"
-    onnx.save(boxes_graph(**kw), path)
+    model = boxes_graph(**kw)
+    model.doc_string = path.name  # every call a distinct artifact (the registry deduplicates equal bytes)
+    onnx.save(model, path)
     return path
 
 
@@ -279,7 +281,8 @@ def test_register_refuses_models_without_passing_parity(ws: Path, tmp_path: Path
     export_style = {"max_abs_diff": {"boxes": 3e-4, "scores": 2e-7, "labels": 0.0}, "boxes_equal": True,
                     "max_box_diff": 0.0, "score_diff": 1e-7, "tolerance": 1e-4, "frames": 16, "passed": True,
                     "reason": ""}  # models.export.ParityResult.to_dict(): relative check, absolute diffs
-    assert reg.register(model, card("nopar", gates={"parity": export_style})).id == "nopar:v2"
+    other = own_model(tmp_path, "nopar")
+    assert reg.register(other, card("nopar", gates={"parity": export_style})).id == "nopar:v2"
 
 
 def test_versions_are_immutable_and_tracked_by_dvc(ws: Path, tmp_path: Path):
@@ -304,11 +307,12 @@ def test_versions_are_immutable_and_tracked_by_dvc(ws: Path, tmp_path: Path):
     remote = ws / ".cityloop" / "dvc-remote"
     assert remote.is_dir() and any(remote.rglob("*"))
 
-    # a second registration of the same model is v2; v1 is untouched; a stray folder is never reused
+    # the same artifact again is v1 itself; another one is v2; v1 is untouched
+    assert reg.register(model, card("immut", gates={"parity": PASSED})).id == "immut:v1"
     before = (v1.path / "model.onnx").read_bytes()
     shutil.move(ws / ".dvc" / "config.local", tmp_path / "config.local")  # no remote: push skipped
     try:
-        v2 = reg.register(model, card("immut", gates={"parity": PASSED}))
+        v2 = reg.register(own_model(tmp_path, "immut"), card("immut", gates={"parity": PASSED}))
     finally:
         shutil.move(tmp_path / "config.local", ws / ".dvc" / "config.local")
     assert v2.id == "immut:v2" and (v1.path / "model.onnx").read_bytes() == before
