@@ -138,7 +138,8 @@ def data_ingest(
             raise typer.Exit(2) from None
     for q in res.quarantined:
         err.print(f"[yellow]quarantined[/] {q['file']}: {q['reason']}")
-    console.print(f"[green]{res.version.id}[/] published: {res.new_frames} new frames, {res.duplicates} duplicates,"
+    verb = "published" if res.version.summary.get("ingest", {}).get("id") == res.ingest_id else "unchanged"
+    console.print(f"[green]{res.version.id}[/] {verb}: {res.new_frames} new frames, {res.duplicates} duplicates,"
                   f" {len(res.quarantined)} quarantined; gate {res.gate.successful}/{res.gate.evaluated} passed")
     if res.gate.data_docs:
         console.print(f"Data Docs: {res.gate.data_docs}")

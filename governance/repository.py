@@ -172,7 +172,7 @@ class DataRepository:
                            cand.quarantined, result)
         if not result.success:
             raise GateFailed(result, cand.staging)
-        if not cand.changes and versioning.list_versions(self.root, cand.dataset):
+        if not cand.changes and not cand.quarantined and versioning.list_versions(self.root, cand.dataset):
             out.version = versioning.resolve(self.root, f"{cand.dataset}@latest")  # nothing new: no new version
             out.summary = out.version.summary
             shutil.rmtree(cand.staging, ignore_errors=True)

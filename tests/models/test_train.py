@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -65,6 +66,24 @@ def test_training_lowers_the_loss_and_beats_a_random_model(ws: Path, tmp_path: P
     random_map = map50(ws, Detector(DetectorConfig(width=8)), tmp_path / "random")
     trained_map = map50(ws, res.model, tmp_path / "trained")
     assert trained_map > random_map + 0.05, (trained_map, random_map)
+    # a warm start from those weights begins where training left off, far below a cold start
+    warm = train(ws, "lab@v1", TrainParams.from_dict({**TINY, "epochs": 1}), parent="test:v1",
+                 parent_weights=res.weights, runs_dir=tmp_path / "runs", progress=False)
+    assert warm.metrics["train/loss_epoch"].dropna().iloc[0] < 0.8 * loss.iloc[0]
+
+
+def test_fine_tuning_replays_earlier_data_but_never_a_benchmark(ws: Path, tmp_path: Path):
+    repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))
+    generate_frames("lab", 30, 9, tmp_path / "new")
+    repo.ingest(tmp_path / "new", "round1", split="train", docs=False, push=False)
+    train_rows, _, coco = GovernedDataModule(ws, "round1@v1", replay=("lab@v1",), replay_ratio=0.5).frames()
+    manifest, _ = repo.load("lab@v1")
+    replayed = train_rows["sha256"].isin(set(manifest["sha256"]))
+    assert (~replayed).sum() == 30 and replayed.sum() == 30  # half of the training mix is replayed
+    old_boxes = {a["sha256"] for a in coco["annotations"]} & set(train_rows.loc[replayed, "sha256"])
+    assert len(old_boxes) > 20  # the replayed frames come with their boxes
+    with pytest.raises(BenchmarkLeakError):
+        GovernedDataModule(ws, "round1@v1", holdout=("field-bench",), replay=("field-bench@v1",)).frames()
 
 
 def test_a_benchmark_set_is_never_read_by_training(ws: Path):
@@ -98,9 +117,12 @@ def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("resumed")][-1].split()
     assert line[1] == "True" and int(line[2]) == 8
-    epochs = read_metrics(next(tmp_path.glob("lab-v1-*")))["train/loss_epoch"].dropna()
-    assert len(epochs) == 8  # the metrics of the epochs before the kill are kept
-    assert "Restoring states from the checkpoint" in done.stdout + done.stderr
+    run_dir = next(tmp_path.glob("lab-v1-*"))
+    assert len(list((run_dir / "logs").glob("version_*"))) == 2  # one log before the kill, one after
+    after = pd.read_csv(run_dir / "logs" / "version_1" / "metrics.csv")
+    resumed_epochs = after.dropna(subset=["train/loss_epoch"])["epoch"]
+    assert resumed_epochs.min() >= 2 and resumed_epochs.max() == 7  # it continued, it did not start over
+    assert len(read_metrics(run_dir)) >= len(after)
 
 
 @pytest.mark.slow
