@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 import yaml
+from benchkit import command_line, cpuinfo, loadavg, log, write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -78,8 +77,6 @@ def stopwatch(out: dict[str, float], key: str) -> Iterator[None]:
     out[key] = time.perf_counter() - t0
 
 
-def log(msg: str) -> None:
-    Console(stderr=True).log(msg)
 
 
 # ---------------------------------------------------------------------- 1. simulator
@@ -210,7 +207,7 @@ def bench_ingest(tmp: Path, n: int, workers: int) -> list[Row]:
 
 
 def machine_facts(load_at_start: str) -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(len(os.sched_getaffinity(0))),
@@ -224,24 +221,10 @@ def machine_facts(load_at_start: str) -> dict[str, str]:
     }
 
 
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return shlex.join([str(exe), *sys.argv])
 
 
 def fmt(value: float) -> str:
@@ -267,18 +250,8 @@ def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float) -
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
-    """text with its "## Governance" section (up to the next "## " heading) replaced or appended."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    head = text.rstrip("\n") + "\n\n" if text.strip() else "# cityloop benchmarks\n\n"
-    return head + section
 
 
-def write_results(path: Path, section: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(path.read_text() if path.exists() else "", section))
 
 
 # ---------------------------------------------------------------------- main
@@ -303,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - t0
     facts = machine_facts(load)
     print_table(rows, facts, seconds)
-    write_results(args.out, markdown(rows, facts, cmd, seconds))
+    write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds))
     log(f"wrote {args.out}")
 
 

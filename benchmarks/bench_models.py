@@ -31,10 +31,7 @@ import argparse
 import json
 import os
 import platform
-import re
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchkit import command_line, cpuinfo, loadavg, log, write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -71,8 +69,6 @@ class Row:
     note: str = ""
 
 
-def log(msg: str) -> None:
-    Console(stderr=True).log(msg)
 
 
 # ---------------------------------------------------------------------- model and data
@@ -199,8 +195,8 @@ def eval_map(fp32: Path, int8: Path, card: ModelCard, images_dir: Path, coco_fil
 
 
 def machine_facts(load_at_start: str, threads: int) -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo() if line.startswith("flags")), [])
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     import onnx
     import onnxruntime
@@ -222,24 +218,10 @@ def machine_facts(load_at_start: str, threads: int) -> dict[str, str]:
     }
 
 
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return shlex.join([str(exe), *sys.argv])
 
 
 def fmt(value: float | None) -> str:
@@ -272,22 +254,8 @@ def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, m
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
-    """text with its "## Models" section (up to the next "## " heading) replaced or appended."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    head = text.rstrip("\n") + "\n\n" if text.strip() else "# cityloop benchmarks\n\n"
-    return head + section
 
 
-def write_results(path: Path, section: str) -> None:
-    """Read-modify-write in one go at the end (another benchmark writes its own section)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else ""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(replace_section(text, section))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- main
@@ -388,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - t0
     facts = machine_facts(load, args.threads)
     print_table(rows, facts, seconds)
-    write_results(args.out, markdown(rows, facts, cmd, seconds, model_note))
+    write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds, model_note))
     log(f"wrote {args.out}")
 
 

@@ -21,10 +21,9 @@ def git(cwd: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh git repo holding the project's params, pipeline and suites (a temporary clone)."""
-    ws = tmp_path / "ws"
+def make_workspace(ws: Path) -> Path:
+    """A fresh git repo holding the project's params, pipeline, suites and the code the
+    dvc.yaml stages depend on: what a temporary clone of the project gives a test."""
     (ws / "data").mkdir(parents=True)
     (ws / ".dvc").mkdir()
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
@@ -35,6 +34,13 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     git(ws, "init", "-q", "-b", "main")
     git(ws, "add", "-A")
     git(ws, "commit", "-qm", "workspace")
+    return ws
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary clone of the project (make_workspace), CITYLOOP_ROOT pointing at it."""
+    ws = make_workspace(tmp_path / "ws")
     monkeypatch.setenv("CITYLOOP_ROOT", str(ws))
     monkeypatch.setenv("PATH", f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return ws

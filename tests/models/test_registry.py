@@ -34,6 +34,7 @@ from models.card import InputSpec, ModelCard, OutputSpec
 from models.evaluate import detections_to_coco, evaluate, load_benchmark
 from models.registry import Registry, RegistryError, RegistryParams
 from models.runtime import Detection
+from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 BOX = (60.0, 80.0, 64.0, 40.0)  # the car in every benchmark frame, xywh
@@ -43,11 +44,6 @@ FRAMES = 20  # even: day, odd: night
 
 
 # ---------------------------------------------------------------------- fixtures
-
-
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=cwd, check=True,
-                   capture_output=True)
 
 
 def _bench_frames(src: Path) -> None:
@@ -79,15 +75,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by the tests of this module (the ingest is the slow part); each test uses its own
     model names, so registry state does not leak between them.
     """
-    ws = tmp_path_factory.mktemp("registry") / "ws"
-    (ws / "data").mkdir(parents=True)
-    (ws / ".dvc").mkdir()
-    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
-        shutil.copy(REPO / name, ws / name)
-    shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
-    _git(ws, "init", "-q", "-b", "main")
-    _git(ws, "add", "-A")
-    _git(ws, "commit", "-qm", "workspace")
+    ws = make_workspace(tmp_path_factory.mktemp("registry") / "ws")
     src = ws.parent / "bench-src"
     _bench_frames(src)
     gate = GateParams.from_dict({"min_frames_per_class": 1, "max_class_share": 1.0, "required_classes": ["car"]})

@@ -4,7 +4,6 @@ benchmark sets refused, and the `train` flow registers a version end to end."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from models.export import export_onnx
 from models.package import build_card, evaluate_split
 from models.train import TrainParams, read_metrics, train
 from scenes.frames import generate_frames
+from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"epochs": 12, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0}
@@ -32,16 +32,7 @@ TINY = {"epochs": 12, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0}
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace with lab@v1 (120 frames, train/val/test) and field-bench@v1 (40 frames)."""
-    from tests.conftest import git
-
-    ws = tmp_path_factory.mktemp("train") / "ws"
-    (ws / ".dvc").mkdir(parents=True)
-    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
-        shutil.copy(REPO / name, ws / name)
-    shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
-    git(ws, "init", "-q", "-b", "main")
-    git(ws, "add", "-A")
-    git(ws, "commit", "-qm", "ws")
+    ws = make_workspace(tmp_path_factory.mktemp("train") / "ws")
     repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))
     generate_frames("lab", 120, 0, ws / "raw" / "lab")
     generate_frames("field", 40, 1, ws / "raw" / "field")

@@ -1,0 +1,53 @@
+"""What both benchmark scripts share: machine facts, the command line, results.md sections."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+
+def log(msg: str) -> None:
+    Console(stderr=True).log(msg)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.join([str(exe), *sys.argv])
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """text with its `heading` section (up to the next "## " heading) replaced or appended."""
+    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    head = text.rstrip("\n") + "\n\n" if text.strip() else "# cityloop benchmarks\n\n"
+    return head + section
+
+
+def write_results(path: Path, heading: str, section: str) -> None:
+    """Read-modify-write in one go at the end (the other benchmark writes its own section)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else ""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(replace_section(text, heading, section))
+    os.replace(tmp, path)
