@@ -42,6 +42,7 @@ from models.registry import (
     OWN_VENDOR,
     PARTNER_PARITY,
     Check,
+    Checked,
     Registry,
     RegistryError,
     check_model_name,
@@ -60,7 +61,7 @@ _INTS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
 
 
 @dataclass
-class AdmissionReport:
+class AdmissionReport(Checked):
     """The verdict on a partner package: every check, the benchmark metrics, the registered version."""
 
     admitted: bool
@@ -72,15 +73,6 @@ class AdmissionReport:
     package: str = ""
     created: str = ""
     path: str | None = None  # the report file
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["checks"] = [c.to_dict() for c in self.checks]
-        return d
 
     def to_markdown(self) -> str:
         verdict = f"**ADMITTED** as `{self.version}`" if self.admitted else "**REJECTED**"

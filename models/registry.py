@@ -142,17 +142,10 @@ class Check:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class Decision:
-    """What the promotion gate (or a rollback) decided, and why."""
+class Checked:
+    """A verdict made of checks (promotion decisions, admission reports)."""
 
-    promoted: bool
     checks: list[Check]
-    reason: str
-    id: str = ""
-    action: str = "promote"  # promote | rollback
-    to: str = "production"
-    previous: str | None = None  # the production version before (promote) / rolled back (rollback)
 
     @property
     def failed(self) -> list[Check]:
@@ -162,6 +155,19 @@ class Decision:
         d = dataclasses.asdict(self)
         d["checks"] = [c.to_dict() for c in self.checks]
         return d
+
+
+@dataclass
+class Decision(Checked):
+    """What the promotion gate (or a rollback) decided, and why."""
+
+    promoted: bool
+    checks: list[Check]
+    reason: str
+    id: str = ""
+    action: str = "promote"  # promote | rollback
+    to: str = "production"
+    previous: str | None = None  # the production version before (promote) / rolled back (rollback)
 
     def render(self) -> str:
         """Plain-text table: one line per check, then the verdict."""
