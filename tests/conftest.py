@@ -29,7 +29,7 @@ def make_workspace(ws: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(REPO / name, ws / name)
     shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
-    for pkg in ("scenes", "governance"):  # dvc.yaml stages depend on the code
+    for pkg in ("scenes", "governance", "models"):  # dvc.yaml stages depend on the code
         shutil.copytree(REPO / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git(ws, "init", "-q", "-b", "main")
     git(ws, "add", "-A")

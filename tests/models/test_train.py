@@ -138,3 +138,28 @@ def test_train_flow_registers_a_parity_checked_version(ws: Path, monkeypatch):
     card = ModelCard.load(mv.path / "card.json")
     assert card.dataset == "lab@v1" and card.classes and card.git_commit
     assert out["benchmark"] == "field-bench@v1" and 0.0 <= out["benchmark_mAP50"] <= 1.0
+
+
+@pytest.mark.slow
+def test_dvc_stages_train_export_evaluate(ws: Path):
+    import json
+
+    import yaml
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update({**TINY, "epochs": 1, "data": "lab@v1"})
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CITYLOOP_ROOT": str(ws)}
+    run = subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=ws, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((ws / "artifacts" / "model" / "parity.json").read_text())["passed"] is True
+    metrics = json.loads((ws / "artifacts" / "eval" / "metrics.json").read_text())
+    assert metrics["benchmark"] == "field-bench@v1" and 0.0 <= metrics["test_mAP50"] <= 1.0
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=ws, env=env,
+                           capture_output=True, text=True)
+    assert "benchmark_mAP50" in shown.stdout
+    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(ws / "plots")], cwd=ws, env=env,
+                           capture_output=True, text=True)
+    assert plots.returncode == 0 and (ws / "plots" / "index.html").exists(), plots.stderr
