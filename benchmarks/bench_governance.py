@@ -35,9 +35,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 import yaml
-from benchkit import command_line, cpuinfo, loadavg, log, write_results
-from rich.console import Console
-from rich.table import Table
+from benchkit import command_line, cpuinfo, loadavg, log, print_table, write_results
 
 from governance.gate import GateParams
 from governance.repository import Candidate, DataRepository
@@ -231,15 +229,6 @@ def fmt(value: float) -> str:
     return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
 
 
-def print_table(rows: list[Row], facts: dict[str, str], seconds: float) -> None:
-    table = Table(title=f"cityloop governance benchmark ({seconds:.0f} s)")
-    for col, justify in (("measure", "left"), ("value", "right"), ("unit", "left"), ("notes", "left")):
-        table.add_column(col, justify=justify)
-    for r in rows:
-        table.add_row(r.what, fmt(r.value), r.unit, r.note)
-    console = Console()
-    console.print(table)
-    console.print(", ".join(f"{k}: {v}" for k, v in facts.items()))
 
 
 def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float) -> str:
@@ -275,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += bench_ingest(Path(tmp), args.frames, args.workers)
     seconds = time.perf_counter() - t0
     facts = machine_facts(load)
-    print_table(rows, facts, seconds)
+    print_table(f"cityloop governance benchmark ({seconds:.0f} s)", rows, fmt, facts)
     write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds))
     log(f"wrote {args.out}")
 

@@ -42,9 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchkit import command_line, cpuinfo, loadavg, log, write_results
-from rich.console import Console
-from rich.table import Table
+from benchkit import command_line, cpuinfo, loadavg, log, print_table, write_results
 
 from models.card import ModelCard
 from models.components.detector import Detector, DetectorConfig
@@ -234,15 +232,6 @@ def fmt(value: float | None) -> str:
     return f"{value:,.2f}"
 
 
-def print_table(rows: list[Row], facts: dict[str, str], seconds: float) -> None:
-    table = Table(title=f"cityloop models benchmark ({seconds:.0f} s)")
-    for col, justify in (("measure", "left"), ("value", "right"), ("unit", "left"), ("notes", "left")):
-        table.add_column(col, justify=justify)
-    for r in rows:
-        table.add_row(r.what, fmt(r.value), r.unit, r.note)
-    console = Console()
-    console.print(table)
-    console.print(", ".join(f"{k}: {v}" for k, v in facts.items()))
 
 
 def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, model_note: str) -> str:
@@ -355,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, model_note = run(args)
     seconds = time.perf_counter() - t0
     facts = machine_facts(load, args.threads)
-    print_table(rows, facts, seconds)
+    print_table(f"cityloop models benchmark ({seconds:.0f} s)", rows, fmt, facts)
     write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds, model_note))
     log(f"wrote {args.out}")
 

@@ -6,13 +6,27 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 
 def log(msg: str) -> None:
     Console(stderr=True).log(msg)
+
+
+def print_table(title: str, rows: Iterable, fmt: Callable, facts: dict[str, str]) -> None:
+    """The results as a rich table (rows have what, value, unit, note), then the machine facts."""
+    table = Table(title=title)
+    for col, justify in (("measure", "left"), ("value", "right"), ("unit", "left"), ("notes", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r.what, fmt(r.value), r.unit, r.note)
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{k}: {v}" for k, v in facts.items()))
 
 
 def loadavg() -> str:

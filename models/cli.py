@@ -7,6 +7,7 @@ or the request could not be served (unknown id, missing registry params).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,32 +165,29 @@ def evaluate_cmd(model_id: Annotated[str, typer.Argument(metavar="ID")]) -> None
         console.print(table)
 
 
-@app.command("promote")
-def promote_cmd(model_id: Annotated[str, typer.Argument(metavar="ID")],
-                to: Annotated[str, typer.Option(help="production or staging.")] = "production") -> None:
-    """The promotion gate: target metric, per-condition regression, parity, latency."""
-    reg = _registry()
+def _decide(act: Callable[[Registry], Decision]) -> None:
+    """Run a promotion or rollback, print the decision; exit 1 when it was refused."""
     try:
-        decision = reg.promote(model_id, to)
+        decision = act(_registry())
     except ERRORS as exc:
         raise _fail(exc) from exc
     _print_decision(decision)
     if not decision.promoted:
         raise typer.Exit(1)
+
+
+@app.command("promote")
+def promote_cmd(model_id: Annotated[str, typer.Argument(metavar="ID")],
+                to: Annotated[str, typer.Option(help="production or staging.")] = "production") -> None:
+    """The promotion gate: target metric, per-condition regression, parity, latency."""
+    _decide(lambda reg: reg.promote(model_id, to))
 
 
 @app.command("rollback")
 def rollback_cmd(name: Annotated[str, typer.Argument(help="Model name.")],
                  why: Annotated[str, typer.Option(help="Reason, kept in the events log.")] = "") -> None:
     """Put the previous production version back in production."""
-    reg = _registry()
-    try:
-        decision = reg.rollback(name, why)
-    except ERRORS as exc:
-        raise _fail(exc) from exc
-    _print_decision(decision)
-    if not decision.promoted:
-        raise typer.Exit(1)
+    _decide(lambda reg: reg.rollback(name, why))
 
 
 @app.command("admit")

@@ -167,8 +167,12 @@ def evaluate(gt: dict, predictions: Mapping[int, Iterable[Detection]] | list[dic
     return out
 
 
-def load_benchmark(root: Path, benchmark_vid: str) -> tuple[str, pd.DataFrame, dict, list[np.ndarray]]:
-    """(resolved version id, manifest, COCO, RGB images in COCO image order) of a benchmark version."""
+def load_benchmark(root: Path, benchmark_vid: str,
+                   split: str | None = None) -> tuple[str, pd.DataFrame, dict, list[np.ndarray]]:
+    """(resolved version id, manifest, COCO, RGB images in COCO image order) of a dataset version.
+
+    With `split`, only that split's frames are decoded and kept in the COCO dict.
+    """
     from governance import versioning
     from governance.repository import DataRepository
     from governance.store import FrameStore
@@ -176,6 +180,10 @@ def load_benchmark(root: Path, benchmark_vid: str) -> tuple[str, pd.DataFrame, d
     root = Path(root).resolve()
     vid = versioning.resolve(root, benchmark_vid).id
     manifest, coco = DataRepository(root).load(vid)
+    if split is not None:
+        keep = set(manifest.loc[manifest["split"] == split, "sha256"])
+        coco = {**coco, "images": [im for im in coco["images"] if im["sha256"] in keep],
+                "annotations": [a for a in coco["annotations"] if a["sha256"] in keep]}
     path_by_sha = dict(zip(manifest["sha256"], manifest["path"]))
     store = FrameStore(root / "data")
     try:

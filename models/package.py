@@ -56,13 +56,9 @@ def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, 
     from models.evaluate import evaluate, load_benchmark
     from models.runtime import OnnxDetector
 
-    _, manifest, coco, images = load_benchmark(root, version)
-    keep = set(manifest.loc[manifest["split"] == split, "sha256"])
-    pairs = [(im, img) for im, img in zip(coco["images"], images) if im["sha256"] in keep]
-    sub = {**coco, "images": [im for im, _ in pairs],
-           "annotations": [a for a in coco["annotations"] if a["sha256"] in keep]}
-    dets = OnnxDetector(Path(model_path), card).detect([img for _, img in pairs])
-    result = evaluate(sub, {im["id"]: d for (im, _), d in zip(pairs, dets)}, manifest)
+    _, manifest, coco, images = load_benchmark(root, version, split)
+    dets = OnnxDetector(Path(model_path), card).detect(images)
+    result = evaluate(coco, {im["id"]: d for im, d in zip(coco["images"], dets)}, manifest)
     return {**result, "dataset": version, "split": split}
 
 
