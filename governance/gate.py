@@ -146,6 +146,7 @@ class GateFailure:
     unexpected_count: int
     examples: list[dict[str, Any]]
     notes: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)  # every offending row (complete checks only)
 
     def describe(self) -> str:
         """Multi-line human text for this failure."""
@@ -356,6 +357,41 @@ def _utc(value: str | date | datetime) -> datetime:
 # ---------------------------------------------------------------- running
 
 
+def run_batch_gate(
+    annotations: pd.DataFrame,
+    tasks: pd.DataFrame,
+    params: GateParams,
+    *,
+    suites_dir: Path | None = None,
+) -> GateResult:
+    """Validate one labeling batch before it may join a dataset: every box through the same
+    ``annotations`` suite as a dataset version, every task through ``labels.json``.
+
+    ``annotations`` has ANNOTATION_COLUMNS plus ``task_id``; ``tasks`` has ``task_id``,
+    ``sha256``, ``boxes`` (count) and ``no_objects`` (the annotator's explicit "no objects").
+    Failures carry every offending row (with its ``task_id``) in ``GateFailure.rows``.
+    """
+    suites_dir = Path(suites_dir or SUITES_DIR)
+    specs = load_suite_specs(suites_dir)["annotations"]
+    label_specs = json.loads((suites_dir / "labels.json").read_text())
+    ann = derive_annotations(annotations.drop(columns=["task_id"]), tasks)
+    ann.insert(0, "task_id", annotations["task_id"].to_numpy() if len(annotations) else [])
+    t = tasks.copy()
+    t["explicit"] = (t["boxes"] > 0) | t["no_objects"].astype(bool)
+    t["consistent"] = ~((t["boxes"] > 0) & t["no_objects"].astype(bool))
+    batches = [(_Batch("labels", "annotations", ann, specs), ["task_id", *INDEX_COLUMNS["annotations"]]),
+               (_Batch("labels", "tasks", t, label_specs), ["task_id", "sha256", "boxes", "no_objects"])]
+    values = expectation_parameters(params)
+    with _GX_LOCK, _gx_context(None) as ctx:
+        source = ctx.data_sources.add_pandas("cityloop-labels")
+        results = [_validate(ctx, source, b, values, docs=False, index_columns=cols, complete=True)
+                   for b, cols in batches]
+    failures = [_failure(b.suite, r) for (b, _), res in zip(batches, results) for r in res.results if not r.success]
+    evaluated = sum(int(res.statistics["evaluated_expectations"]) for res in results)
+    successful = sum(int(res.statistics["successful_expectations"]) for res in results)
+    return GateResult(not failures, failures, evaluated, successful, None)
+
+
 def run_gate(
     manifest: pd.DataFrame,
     annotations: pd.DataFrame,
@@ -451,8 +487,13 @@ def _validate(
     values: dict[str, Any],
     *,
     docs: bool,
+    index_columns: list[str] | None = None,
+    complete: bool = False,
 ) -> ExpectationSuiteValidationResult:
-    """Register asset, suite, validation definition and checkpoint; run it."""
+    """Register asset, suite, validation definition and checkpoint; run it.
+
+    ``complete`` asks GX for every offending row (COMPLETE), not just the first few.
+    """
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -466,9 +507,9 @@ def _validate(
             validation_definitions=[vd],
             actions=[UpdateDataDocsAction(name="update_data_docs")] if docs else [],
             result_format={
-                "result_format": "SUMMARY",
+                "result_format": "COMPLETE" if complete else "SUMMARY",
                 "partial_unexpected_count": MAX_EXAMPLES,
-                "unexpected_index_column_names": INDEX_COLUMNS[batch.name],
+                "unexpected_index_column_names": index_columns or INDEX_COLUMNS[batch.name],
             },
         )
     )
@@ -492,6 +533,7 @@ def _failure(suite: str, res: ExpectationValidationResult) -> GateFailure:
         unexpected_count=int(result.get("unexpected_count") or 0),
         examples=_jsonable(_examples(res)),
         notes=str((cfg.meta or {}).get("notes", "")),
+        rows=_jsonable([dict(r) for r in result.get("unexpected_index_list") or []]),
     )
 
 
