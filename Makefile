@@ -4,6 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
@@ -24,15 +26,28 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install cityloop with pinned dependencies
+# Label Studio pins packages that clash with Prefect 3: the server gets its own venv (see labeling/server.py).
+$(LS_STAMP): labeling/server-constraints.txt
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q -c labeling/server-constraints.txt label-studio
+	touch $(LS_STAMP)
 
-demo: $(STAMP) ## Simulate → gate → DVC version, then train → ONNX → registry → promotion gate
+# Headless Chromium for the screenshot tests (Debian's package; the browser is never downloaded by a tool).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && \
+	$$SUDO apt-get install -y -q chromium >/dev/null; }
+
+install: $(STAMP) $(LS_STAMP) $(CHROMIUM) ## Create .venv (+ Label Studio's own venv, Chromium) with pinned dependencies
+
+demo: install ## Simulate → gate → DVC version, then train → ONNX → registry → promotion gate
 	$(BIN)/cityloop demo
 
-test: $(STAMP) ## Run the whole test suite (slow tests included)
+test: install ## Run the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) ## Tests not marked slow
+test-fast: install ## Tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP) ## Benchmarks (figures go to benchmarks/results.md)

@@ -29,6 +29,17 @@ def _mount_models() -> None:
 
 
 _mount_models()
+
+
+def _mount_labeling() -> None:
+    from labeling.cli import label_app, server_app
+
+    app.add_typer(server_app, name="labelstudio", help="The project's Label Studio server: up, down, status.")
+    app.add_typer(label_app, name="label", help="Labeling: push a batch, annotate, pull a version, status.")
+    label_app.command("run")(label_run)
+    label_app.command("webhook")(label_webhook)
+
+
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -232,6 +243,57 @@ def train_cmd(
     if decision is not None and not decision["promoted"]:
         raise typer.Exit(1)
 
+
+# -------------------------------------------------------------------- labeling
+# The two label commands that need Prefect live here: domain packages never import it.
+
+
+def label_run(
+    data: Annotated[str | None, typer.Option(help="Unlabeled pool version (default: params labeling.pool).")] = None,
+    model: Annotated[str, typer.Option(help="Model that pre-annotates.")] = "cityloop-detector:latest",
+    budget: Annotated[int | None, typer.Option(min=1, help="Frames to label.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="active | random.")] = None,
+    annotators: Annotated[str, typer.Option(help="scripted (needs --truth) | people.")] = "scripted",
+    truth: Annotated[list[Path] | None, typer.Option(help="Simulator output folder(s) with ground truth.")] = None,
+) -> None:
+    """The Prefect flow `label`: select → push → wait until labeled → pull → version."""
+    from flows.labeling import label_flow
+    from labeling.settings import LabelingParams
+
+    root = find_root()
+    params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
+    out = label_flow(data=data or params.pool, model=model, budget=budget, strategy=strategy, annotators=annotators,
+                     truth=[str(t) for t in truth or []], root=str(root))
+    pulled = out["pull"]
+    console.print(f"batch {out['push']['batch']}: {len(pulled['accepted'])} accepted, {len(pulled['rejected'])} "
+                  f"rejected, {len(pulled['held_back'])} held back → {pulled['version'] or 'no new version'}")
+
+
+def label_webhook(
+    port: Annotated[int | None, typer.Option(help="Receiver port (default: params labeling.webhook_port).")] = None,
+    every: Annotated[int | None, typer.Option(min=1, help="Emit cityloop.labels.ready every N new labels.")] = None,
+) -> None:
+    """Receive Label Studio's annotation webhooks (secret: $CITYLOOP_WEBHOOK_SECRET) and emit Prefect events."""
+    from flows.labeling import emit_label, emit_ready
+    from labeling.settings import LabelingParams, open_project, webhook_secret
+    from labeling.webhooks import LabelCounter, WebhookReceiver, register
+
+    root = find_root()
+    params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
+    secret = webhook_secret()
+    counter = LabelCounter(root / ".cityloop" / "labeling" / "webhook.sqlite", every or params.retrain_after)
+    rx = WebhookReceiver(counter, secret, port=port or params.webhook_port, on_label=emit_label,
+                         on_threshold=emit_ready)
+    project = open_project(root, params)
+    register(project.ls, project.id, rx.url, secret)
+    console.print(f"receiving Label Studio webhooks for project {project.title} at {rx.url}; Ctrl-C stops")
+    try:
+        rx.server.serve_forever()
+    except KeyboardInterrupt:
+        rx.stop()
+
+
+_mount_labeling()
 
 # ------------------------------------------------------------------ dvc stages
 
