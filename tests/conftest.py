@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,47 @@ def lab_copy(lab_src: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "src"
     shutil.copytree(lab_src, dst)
     return dst
+
+
+@dataclass
+class ModelWorkspace:
+    """A workspace holding lab@v1, field-bench@v1, a field pool (unlabeled) and a registered model."""
+
+    root: Path
+    model_id: str
+    pool: str  # the unlabeled field pool dataset version
+    pool_src: Path  # the simulator output the pool came from (ground truth for scripted annotators)
+
+
+TINY_TRAIN = {"epochs": 6, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0, "threads": 2}
+
+
+def build_model_workspace(ws: Path) -> ModelWorkspace:
+    """lab@v1 (120 frames), field-bench@v1 (40), field-pool@v1 (60 unlabeled field frames) and a
+    tiny detector trained on lab@v1, exported, parity-checked and registered as cityloop-detector:v1."""
+    from governance.gate import GateParams
+    from governance.repository import DataRepository
+    from models.package import export_step, parity_step, registry_for, train_step
+
+    make_workspace(ws)
+    repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))
+    generate_frames("lab", 120, 0, ws / "raw" / "lab")
+    generate_frames("field", 40, 1, ws / "raw" / "field-bench")
+    generate_frames("field", 60, 2, ws / "raw" / "field-pool")
+    repo.ingest(ws / "raw" / "lab", "lab", docs=False, push=False)
+    repo.ingest(ws / "raw" / "field-bench", "field-bench", split="bench", docs=False, push=False)
+    unlabeled = ws / "raw" / "field-pool-unlabeled"  # the pool as cameras deliver it: frames, no boxes
+    shutil.copytree(ws / "raw" / "field-pool", unlabeled, ignore=shutil.ignore_patterns("annotations.coco.json"))
+    DataRepository(ws, GateParams.from_dict({"require_labels": False}), holdout=("field-bench",)).ingest(
+        unlabeled, "field-pool", source="field", split="pool", docs=False, push=False)
+    run = train_step(ws, "lab@v1", TINY_TRAIN, runs_dir=ws / ".cityloop" / "runs")
+    path, card = export_step(ws, run, Path(run["run_dir"]))
+    parity = parity_step(ws, run, path, card, 8, 1e-4)
+    mv = registry_for(ws).register(path, card, {"weights.pt": Path(run["weights"])}, parity)
+    return ModelWorkspace(ws, mv.id, "field-pool@v1", ws / "raw" / "field-pool")
+
+
+@pytest.fixture(scope="session")
+def model_ws(tmp_path_factory: pytest.TempPathFactory) -> ModelWorkspace:
+    """One shared, trained workspace per test session (read-only for tests: copy it to change it)."""
+    return build_model_workspace(tmp_path_factory.mktemp("model-ws") / "ws")
