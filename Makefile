@@ -42,6 +42,7 @@ $(CHROMIUM):
 install: $(STAMP) $(LS_STAMP) $(CHROMIUM) ## Create .venv (+ Label Studio's own venv, Chromium) with pinned dependencies
 
 demo: install ## Simulate → gate → DVC version, then train → ONNX → registry → promotion gate
+	@mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/cityloop demo
 
 test: install ## Run the whole test suite (slow tests included)

@@ -380,8 +380,10 @@ def stage_evaluate(
 def demo(
     frames: Annotated[int | None, typer.Option(help="Frames per dataset (default: params.yaml).")] = None,
     train: Annotated[bool, typer.Option(help="Also train on lab, register, and run the promotion gate.")] = True,
+    label: Annotated[bool, typer.Option(help="Also label a field batch in Label Studio (scripted annotators).")] = True,
 ) -> None:
-    """The main job on embedded defaults: simulate → gate → version, then train → ONNX → registry → gate."""
+    """The main job on embedded defaults: simulate → gate → version, train → ONNX → registry → gate,
+    then one labeling batch through Label Studio into a new dataset version."""
     from flows.governance import governance_demo
     from governance import versioning
 
@@ -401,6 +403,26 @@ def demo(
     verdict = "[green]promoted" if decision["promoted"] else "[yellow]not promoted"
     console.print(f"Promotion gate: {verdict}[/]: {decision['reason']}")
     console.print("See: cityloop data versions | cityloop models list | cityloop models show " + out["model"])
+    if label:
+        _demo_labeling(root, out["model"])
+
+
+def _demo_labeling(root: Path, model: str) -> None:
+    """One labeling round: field pool → Label Studio (pre-annotated by `model`) → scripted annotators → version."""
+    from flows.labeling import labeling_demo
+
+    out = labeling_demo(root=str(root), model=model)
+    pushed, pulled = out["push"], out["pull"]
+    console.print(f"Label Studio at [bold]{out['url']}[/]: batch {pushed['batch']}, {len(pushed['task_ids'])} tasks "
+                  f"({pushed['strategy']}: {pushed['reasons']}) + {len(pushed['honeypot_ids'])} honeypots from "
+                  f"{pushed['data']}; project {pushed['page']}")
+    for name, q in pulled["quality"]["annotators"].items():
+        hp = q["honeypot_agreement"]
+        console.print(f"  {name}: {q['tasks']} tasks, honeypot agreement {'n/a' if hp is None else f'{hp:.2f}'}"
+                      f"{' (held back)' if q['held_back'] else ''}")
+    console.print(f"Pulled: {len(pulled['accepted'])} accepted, {len(pulled['rejected'])} rejected, "
+                  f"{len(pulled['held_back'])} held back → [green]{pulled['version'] or 'no new version'}[/]. "
+                  f"Stop the server with: cityloop labelstudio down")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def label_flow(data: str = "field-pool@latest", model: str = "cityloop-detector:
     if annotators not in ("scripted", "people"):
         raise ValueError("annotators must be 'scripted' or 'people'")
     root = root or str(find_root())
-    params = _open(root)[0]
+    params = _open_params(root)
     pushed = push_task(root, data, model, budget, strategy)
     ids = pushed["task_ids"] + pushed["honeypot_ids"]
     if annotators == "scripted":
@@ -119,6 +119,45 @@ def label_flow(data: str = "field-pool@latest", model: str = "cityloop-detector:
     get_run_logger().info("batch %s: %s accepted, version %s", pushed["batch"], len(pulled["accepted"]),
                           pulled["version"])
     return {"push": pushed, "wait": waited, "pull": pulled}
+
+
+@task(name="pool")
+def pool_task(root: str, frames: int, seed: int) -> str:
+    """A field pool as cameras deliver it: simulator frames ingested unlabeled (truth kept aside)."""
+    from governance import versioning
+    from labeling.demo import make_pool
+
+    existing = versioning.list_versions(Path(root), "field-pool")
+    return existing[-1].id if existing else make_pool(Path(root), frames, seed)
+
+
+@task(name="labelstudio-up")
+def labelstudio_task(root: str, port: int) -> str:
+    """Start (or find) the workspace's Label Studio server."""
+    from labeling.server import LabelStudioServer
+
+    return LabelStudioServer(Path(root), port=port).start().url
+
+
+@flow(name="labeling-demo")
+def labeling_demo(root: str | None = None, model: str = "cityloop-detector:latest", frames: int = 600,
+                  seed: int = 2, budget: int | None = None) -> dict:
+    """The demo's labeling round: a field pool, Label Studio, one batch labeled by scripted annotators."""
+    root = root or str(find_root())
+    params = _open_params(root)
+    pool = pool_task(root, frames, seed)
+    url = labelstudio_task(root, params.port)
+    raw = Path(root) / "data" / "raw"
+    out = label_flow(data=pool, model=model, budget=budget, truth=[str(raw / "field-pool"), str(raw / "lab")],
+                     root=root)
+    return {**out, "url": url}
+
+
+def _open_params(root: str):
+    from cityloop.settings import load_params
+    from labeling.settings import LabelingParams
+
+    return LabelingParams.from_dict(load_params(Path(root)).get("labeling", {}))
 
 
 def emit_label(info: dict) -> None:

@@ -46,11 +46,18 @@ class ErrorModel:
         return cls(**d)
 
 
+def truth_path(src: Path) -> Path:
+    """Where a simulator output keeps its ground truth: SRC/annotations.coco.json, or SRC.truth.json beside
+    a folder whose truth was moved aside so that it is ingested unlabeled (a camera's pool)."""
+    inside = Path(src) / "annotations.coco.json"
+    return inside if inside.exists() else Path(src).with_name(Path(src).name + ".truth.json")
+
+
 def truth_from_folder(src: Path) -> dict[str, list[Box]]:
-    """Ground truth per frame sha256 from a simulator output (images/ + annotations.coco.json)."""
+    """Ground truth per frame sha256 from a simulator output (images/ + its COCO, see truth_path)."""
     import hashlib
 
-    coco = json.loads((Path(src) / "annotations.coco.json").read_text())
+    coco = json.loads(truth_path(src).read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     sha = {im["id"]: hashlib.sha256((Path(src) / im["file_name"]).read_bytes()).hexdigest() for im in coco["images"]}
     out: dict[str, list[Box]] = {s: [] for s in sha.values()}
@@ -153,8 +160,14 @@ def assign(tasks: Sequence[dict], names: Sequence[str], honeypots: set[int], ove
 
 def run_team(project, models: Sequence[ErrorModel], truth: Mapping[str, Sequence[Box]], overlap_share: float = 0.1,
              seed: int = 0, progress: Callable[[int], None] | None = None) -> list[AnnotateResult]:
-    """Every scripted annotator labels its share of the project's open tasks."""
+    """Every scripted annotator labels its share of the project's open tasks, all at the same time
+    (one thread each, as a team works: each annotator one task after another)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     ids = project.annotator_ids([m.name for m in models])
     plan = assign(open_tasks(project.export()), [m.name for m in models], set(project.honeypots()),
                   overlap_share, seed)
-    return [annotate(project.ls, plan[m.name], m, ids[m.name], truth, progress=progress) for m in models]
+    with ThreadPoolExecutor(max(1, len(models))) as pool:
+        jobs = [pool.submit(annotate, project.ls, plan[m.name], m, ids[m.name], truth, progress=progress)
+                for m in models]
+        return [j.result() for j in jobs]

@@ -73,7 +73,8 @@ def push(project: LabelingProject, repo: DataRepository, detector, model_id: str
     t0 = time.perf_counter()
     batch = datetime.now(UTC).strftime("b%Y%m%dT%H%M%S%f")
     manifest, _ = repo.load(data)
-    sent = {r.sha256 for r in project.records().values()}
+    # frames already in the project (its own export too: a push killed after the import left no records)
+    sent = {r.sha256 for r in project.records().values()} | {t["data"].get("sha256") for t in project.export()}
     pool = manifest[~manifest["sha256"].isin(sent | set(exclude))].reset_index(drop=True)
     store = FrameStore(repo.data)
     images = [_decode(store.read(p)) for p in pool["path"]]
@@ -91,7 +92,13 @@ def push(project: LabelingProject, repo: DataRepository, detector, model_id: str
         recs.append(TaskRecord(0, p.sha256, batch, p.strategy, p.reason, round(p.uncertainty, 4), p.stratum))
     hp_tasks = _honeypots(project, repo, store, detector, model_id, honeypot_data, data, batch, params,
                           len(picks), sent)
-    ids = project.import_tasks(tasks + [t for t, _ in hp_tasks])
+    # honeypots at random places of the batch: task ids must not give them away
+    order = np.random.default_rng(params.seed).permutation(len(tasks) + len(hp_tasks))
+    all_tasks = tasks + [t for t, _ in hp_tasks]
+    created = project.import_tasks([all_tasks[k] for k in order])
+    ids = [0] * len(all_tasks)
+    for k, tid in zip(order, created):
+        ids[k] = tid
     if progress:
         progress(len(ids))
     for rec, tid in zip(recs, ids):

@@ -152,3 +152,27 @@ def test_webhook_receiver_checks_the_secret_counts_each_label_once_and_fires_eve
     again = WebhookReceiver(LabelCounter(tmp_path / "w.sqlite", every=3), "s3cret")
     assert again.handle({"action": "ANNOTATION_CREATED", "annotation": {"id": 6}})["new"] == 0
     assert again.counter.counts()["ANNOTATION_CREATED"] == 6
+
+
+def test_server_credentials_come_from_the_environment_or_a_private_file_and_a_taken_port_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+    import socket
+
+    from labeling.server import LabelStudioError, LabelStudioServer
+
+    for k in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        srv = LabelStudioServer(tmp_path, port=busy.getsockname()[1], venv=tmp_path / "no-venv")
+        with pytest.raises(LabelStudioError, match="set LABEL_STUDIO_USERNAME"):
+            srv.credentials()
+        with pytest.raises(LabelStudioError, match="taken by another process"):
+            srv.start()
+    made = srv.credentials()  # the refused start generated them once, privately
+    assert os.stat(srv.state / "credentials.env").st_mode & 0o077 == 0 and len(made.token) == 40
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "from-env")
+    assert srv.credentials().token == "from-env" and srv.credentials().password == made.password
+    assert "from-env" not in repr(srv.credentials())
