@@ -29,13 +29,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 import yaml
-from benchkit import command_line, cpuinfo, loadavg, log, print_table, write_results
+from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
 
 from governance.gate import GateParams
 from governance.repository import Candidate, DataRepository
@@ -47,16 +46,6 @@ SIM_DOMAINS = ("field", "lab")
 SEED = 11
 DATASET = "bench"
 SECTION = "## Governance"
-
-
-@dataclass
-class Row:
-    """One figure of the results table."""
-
-    what: str
-    value: float
-    unit: str
-    note: str = ""
 
 
 def quiet_env() -> None:
@@ -223,10 +212,6 @@ def machine_facts(load_at_start: str) -> dict[str, str]:
 
 
 
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
 
 
 

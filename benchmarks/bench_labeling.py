@@ -16,25 +16,16 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchkit import command_line, loadavg, log, print_table, write_results  # noqa: E402
+from benchkit import Row, command_line, fmt, loadavg, log, print_table, write_results  # noqa: E402
 
 from cityloop.settings import quiet_env  # noqa: E402
 
 SECTION = "## Labeling"
-
-
-@dataclass
-class Row:
-    what: str
-    value: float
-    unit: str
-    note: str = ""
 
 
 def free_port() -> int:
@@ -110,10 +101,6 @@ def run(tmp: Path, n_tasks: int) -> list[Row]:
     finally:
         server.stop()
     return rows
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
 
 
 def markdown(rows: list[Row], cmd: str, seconds: float, load: str) -> str:

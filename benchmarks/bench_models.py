@@ -35,14 +35,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 import numpy as np
 import torch
-from benchkit import command_line, cpuinfo, loadavg, log, print_table, write_results
+from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
 
 from models.card import ModelCard
 from models.components.detector import Detector, DetectorConfig
@@ -55,16 +54,6 @@ SECTION = "## Models"
 SEED = 0
 BATCHES = (1, 8, 32)
 TRAIN_BATCH = 32
-
-
-@dataclass
-class Row:
-    """One figure of the results table."""
-
-    what: str
-    value: float | None  # None: not measured (see note)
-    unit: str
-    note: str = ""
 
 
 
@@ -220,16 +209,6 @@ def machine_facts(load_at_start: str, threads: int) -> dict[str, str]:
 
 
 
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if value != 0 and abs(value) < 0.01:
-        return f"{value:.1e}"
-    return f"{value:,.2f}"
 
 
 

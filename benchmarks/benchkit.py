@@ -1,4 +1,5 @@
-"""What both benchmark scripts share: machine facts, the command line, results.md sections."""
+"""What the benchmark scripts share: the row and number format, machine facts, the command line,
+results.md sections."""
 
 from __future__ import annotations
 
@@ -7,10 +8,32 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+
+@dataclass
+class Row:
+    """One figure of a results table."""
+
+    what: str
+    value: float | None  # None: not measured (see note)
+    unit: str
+    note: str = ""
+
+
+def fmt(value: float | None) -> str:
+    """Thousands separators from 100 up, two decimals below, scientific for tiny values."""
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.1e}"
+    return f"{value:,.2f}"
 
 
 def log(msg: str) -> None:
