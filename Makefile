@@ -41,7 +41,7 @@ $(CHROMIUM):
 
 install: $(STAMP) $(LS_STAMP) $(CHROMIUM) ## Create .venv (+ Label Studio's own venv, Chromium) with pinned dependencies
 
-demo: install ## Simulate → gate → DVC version, then train → ONNX → registry → promotion gate
+demo: install ## Simulate → gate → DVC version → train → ONNX → registry → gate → one Label Studio batch
 	@mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/cityloop demo
 
@@ -51,12 +51,16 @@ test: install ## Run the whole test suite (slow tests included)
 test-fast: install ## Tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP) ## Benchmarks (figures go to benchmarks/results.md)
+bench: install ## Benchmarks (figures go to benchmarks/results.md)
 	$(BIN)/python benchmarks/bench_governance.py
 	W=data/models/cityloop-detector/v1/weights.pt; E=data/raw/field-bench; \
 	if [ -f $$W ] && [ -d $$E ]; then \
 	  $(BIN)/python benchmarks/bench_models.py --weights $$W --eval-images $$E --eval-coco $$E/annotations.coco.json; \
 	else $(BIN)/python benchmarks/bench_models.py; fi
+	$(BIN)/python benchmarks/bench_labeling.py
+	W=data/models/cityloop-detector/v1/weights.pt; E=data/raw/field-bench; \
+	if [ -f $$W ]; then $(BIN)/python benchmarks/bench_serving.py --root . --model cityloop-detector:latest \
+	  --images $$E/images; else echo "bench_serving: run make demo first (it needs a registered model)"; fi
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -40,6 +40,21 @@ def _mount_labeling() -> None:
     label_app.command("webhook")(label_webhook)
 
 
+def _mount_serving() -> None:
+    import edge.cli
+    from bento.cli import app as bento_app
+
+    def release(root: Path, model_version: str, canary: str | None) -> dict:
+        from flows.release import release as release_flow  # Prefect, only when a rollout runs
+
+        return release_flow(model_version=model_version, canary=canary, root=str(root))
+
+    edge.cli.release_runner = release  # `cityloop edge rollout` runs the Prefect flow
+    app.add_typer(bento_app, name="bento", help="BentoML packaging: a model version's bento and .bento archive.")
+    app.add_typer(edge.cli.app, name="edge", help="Edge nodes: serve, stream, hard examples, rollout.")
+
+
+_mount_serving()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 

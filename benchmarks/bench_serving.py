@@ -1,0 +1,245 @@
+"""Serving benchmark, side by side in one run: adaptive batching vs none at the same concurrency,
+HTTP serving throughput as a fraction of in-process onnxruntime, and one edge node's memory.
+
+    .venv/bin/python benchmarks/bench_serving.py --root WORKSPACE [--model cityloop-detector:v1]
+
+Every server is a real `bentoml serve` on 127.0.0.1 with one onnxruntime thread (the edge
+setting); clients are asyncio + httpx in this process, sharing the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results  # noqa: E402
+
+from bento.serving import free_port, start_server, stop_server  # noqa: E402
+from models.registry import Registry  # noqa: E402
+from models.runtime import OnnxDetector, decode_image  # noqa: E402
+
+SECTION = "## Serving"
+
+
+@dataclass
+class Load:
+    rps: float
+    img_s: float
+    p50: float
+    p99: float
+    errors: dict[int, int]
+
+
+async def _load(url: str, endpoint: str, bodies: list[dict], concurrency: int, n: int) -> Load:
+    """n requests from `concurrency` workers; requests/s, latency percentiles, error codes."""
+    lat: list[float] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(n))
+    images = len(bodies[0]["images"])
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            r = await client.post(endpoint, json=bodies[i % len(bodies)])
+            if r.status_code == 200:
+                lat.append((time.perf_counter() - t0) * 1000)
+            else:
+                errors[r.status_code] = errors.get(r.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        await client.post(endpoint, json=bodies[0])  # warm-up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ok = len(lat)
+    return Load(ok / wall, ok * images / wall, float(np.percentile(lat, 50)) if lat else 0.0,
+                float(np.percentile(lat, 99)) if lat else 0.0, errors)
+
+
+def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int) -> float:
+    """img/s of bytes -> decode -> preprocess -> onnxruntime -> decode boxes, in this process."""
+    from models.card import ModelCard
+
+    det = OnnxDetector(model_dir / "model.onnx", ModelCard.load(model_dir / "card.json"), threads)
+    det.detect([decode_image(b) for b in frames[:batch]], batch)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        det.detect([decode_image(b) for b in frames], batch)
+    return repeat * len(frames) / (time.perf_counter() - t0)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (MiB)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+        return sum(q.memory_info().rss for q in procs if q.is_running()) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def edge_node_memory(root: Path, model_id: str, frames_dir: Path, seconds: float) -> tuple[float, float, float]:
+    """(node MiB, server MiB, fps) of a real `cityloop edge start` node streaming a frame folder."""
+    from edge.node import node_dir, read_json
+
+    cli = str(Path(sys.executable).with_name("cityloop"))
+    env = {**os.environ, "CITYLOOP_ROOT": str(root)}
+    proc = subprocess.Popen([cli, "edge", "start", "--name", "bench", "--port", str(free_port()), "--model", model_id,
+                             "--stream", f"bench-cam={frames_dir}", "--loop"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (read_json(node_dir(root, "bench") / "status.json") or {}).get(
+                "frames", 0) < 10:
+            time.sleep(0.5)
+        time.sleep(seconds)
+        st = read_json(node_dir(root, "bench") / "status.json") or {}
+        node = tree_rss_mib(proc.pid)
+        server = tree_rss_mib(st["server_pid"]) if st.get("server_pid") else 0.0
+        return node - server if server and node > server else node, server, float(st.get("fps") or 0)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], str]:
+    reg = Registry(args.root, track=False)
+    mv = reg.get(args.model)
+    frames = sorted(args.images.glob("*.jpg"))[: args.frames] if args.images else []
+    tmp = Path(tempfile.mkdtemp(prefix="cityloop-bench-serving-"))
+    try:
+        if not frames:
+            from scenes.frames import generate_frames
+
+            log(f"rendering {args.frames} field frames (not timed)")
+            generate_frames("field", args.frames, 7, tmp / "frames")
+            frames = sorted((tmp / "frames" / "images").glob("*.jpg"))
+        data = [p.read_bytes() for p in frames]
+        bodies = [{"images": [base64.b64encode(b).decode()]} for b in data]
+        rows: list[Row] = []
+        log("in-process onnxruntime, 1 thread, batch 32")
+        ort_ips = in_process(mv.path, data, 32, 1, args.repeat)
+        rows.append(Row("in-process ORT (bytes → boxes), batch 32", ort_ips, "img/s",
+                        "1 thread, same code as the service"))
+        results: dict[str, Load] = {}
+        for lat_ms in args.latencies:
+            env = {"CITYLOOP_MAX_BATCH_SIZE": str(args.max_batch), "CITYLOOP_MAX_LATENCY_MS": str(lat_ms),
+                   "CITYLOOP_ORT_THREADS": "1", "CITYLOOP_MAX_INFLIGHT": "1000"}
+            srv = start_server(tmp, free_port(), model_dir=mv.path, extra_env=env,
+                               log_path=tmp / f"serve-{lat_ms}.log")
+            try:
+                for endpoint in ("/detect", "/detect_unbatched"):
+                    if endpoint == "/detect_unbatched" and lat_ms != args.latencies[0]:
+                        continue  # max_latency_ms only matters to the batched endpoint
+                    log(f"{endpoint}, max_latency_ms {lat_ms}, concurrency {args.concurrency}, "
+                        f"{args.requests} requests")
+                    results[f"{endpoint}@{lat_ms}"] = asyncio.run(
+                        _load(srv.url, endpoint, bodies, args.concurrency, args.requests))
+            finally:
+                stop_server(srv)
+        base = results[f"/detect_unbatched@{args.latencies[0]}"]
+        for key, r in results.items():
+            endpoint, lat_ms = key.split("@")
+            label = ("adaptive batching" if endpoint == "/detect" else "no batching") + (
+                f", max_latency_ms {lat_ms}" if endpoint == "/detect" else "")
+            errs = ", ".join(f"{c}: {n}" for c, n in sorted(r.errors.items())) or "none"
+            rows += [Row(f"{label}: requests/s", r.rps, "req/s",
+                         f"1 image/request, {args.concurrency} concurrent; errors {errs}"),
+                     Row(f"{label}: p50 latency", r.p50, "ms", ""), Row(f"{label}: p99 latency", r.p99, "ms", "")]
+        best = max((k for k in results if k.startswith("/detect@")), key=lambda k: results[k].rps)
+        rows += [Row("adaptive / no batching, requests/s", results[best].rps / base.rps, "x",
+                     f"{best.split('@')[1]} ms budget vs unbatched, same concurrency"),
+                 Row("HTTP serving / in-process ORT throughput", results[best].img_s / ort_ips, "x",
+                     "adaptive batching; base64 JSON + HTTP + batching overhead, clients on the same cores"),
+                 Row("HTTP serving, no batching / in-process ORT", base.img_s / ort_ips, "x", "")]
+        log("one edge node streaming a frame folder")
+        ws = tmp / "ws"
+        shutil.copytree(args.root / "data" / "models", ws / "data" / "models", symlinks=True)
+        (ws / "frames").mkdir()
+        for p in frames:
+            shutil.copy(p, ws / "frames" / p.name)
+        node_mib, server_mib, fps = edge_node_memory(ws, mv.id, ws / "frames", args.node_seconds)
+        rows += [Row("edge node: node process RSS", node_mib, "MiB", "streams, selection, outbox, uploader"),
+                 Row("edge node: bento server RSS", server_mib, "MiB", "bentoml serve: CLI/arbiter + 1 worker"),
+                 Row("edge node: total RSS", node_mib + server_mib, "MiB",
+                     f"streaming at {fps:.1f} fps, 1 request/frame")]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = mv.model_path.stat().st_size / 1024
+    return rows, f"`{mv.id}` from `{args.root}` ({size:.0f} KiB ONNX), {len(data)} field frames"
+
+
+def machine_facts(load_at_start: str) -> dict[str, str]:
+    import bentoml
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(len(os.sched_getaffinity(0))),
+            "cpu": cpu, "load avg 1/5/15 min at start": load_at_start, "at end": loadavg(),
+            "python": platform.python_version(), "bentoml": bentoml.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, note: str) -> str:
+    lines = [SECTION, "", f"Command: `{cmd}` (whole run {seconds:.0f} s)", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()), "", f"Model: {note}", "",
+             "| measure | value | unit | notes |", "|---|---:|---|---|"]
+    lines += [f"| {r.what} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=Path.cwd(), help="workspace holding the registry (default: cwd)")
+    p.add_argument("--model", default="cityloop-detector:latest", help="registry version (default :latest)")
+    p.add_argument("--images", type=Path, help="folder of JPEG frames (default: render 64 field frames)")
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
+    p.add_argument("--requests", type=int, default=600, help="requests per configuration (default 600)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--latencies", type=int, nargs="+", default=[100, 1000], help="max_latency_ms values to compare")
+    p.add_argument("--repeat", type=int, default=5, help="passes over the frames in-process")
+    p.add_argument("--node-seconds", type=float, default=8.0, help="edge node streaming time before measuring")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.root = args.root.resolve()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    cmd, load = command_line(), loadavg()
+    if os.getloadavg()[0] > 0.5:
+        log(f"[yellow]load average {load} at start: other work on this machine skews the timings[/]")
+    t0 = time.perf_counter()
+    rows, note = run(args)
+    seconds = time.perf_counter() - t0
+    facts = machine_facts(load)
+    print_table(f"cityloop serving benchmark ({seconds:.0f} s)", rows, fmt, facts)
+    write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds, note))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""BentoML packaging of a model version (torch-free)."""

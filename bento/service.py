@@ -1,0 +1,226 @@
+"""The cityloop detector as a BentoML 1.4 service over onnxruntime (no torch anywhere here).
+
+Request (JSON): `{"images": ["<base64 JPEG/PNG>", ...]}` (one or many); response: one entry per
+image, in order: `{"detections": [{"box": [x0, y0, x1, y1], "score", "label", "cls"}], "width",
+"height", "model_version"}`. `POST /detect` is adaptively batched across requests;
+`POST /detect_unbatched` runs each request alone (the benchmark's baseline).
+
+Settings come from the environment (defaults in `ServeSettings`), so the same file serves from a
+bento (model beside it in `model/`) and straight from the registry (`CITYLOOP_MODEL_DIR`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from pydantic import AfterValidator, BaseModel, Field
+
+from models.card import ModelCard
+from models.runtime import OnnxDetector, decode_image
+
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Serving tunables (env var in brackets); params.yaml `serve:` holds the measured defaults."""
+
+    model_dir: Path  # [CITYLOOP_MODEL_DIR] model.onnx + card.json; default: ./model beside this file
+    max_batch_size: int = 32  # [CITYLOOP_MAX_BATCH_SIZE] images per adaptive batch
+    max_latency_ms: int = 1000  # [CITYLOOP_MAX_LATENCY_MS] queueing + inference budget (503 beyond; 100 ms
+    # gave 503s at 16 concurrent clients in benchmarks/bench_serving.py)
+    ort_threads: int = 1  # [CITYLOOP_ORT_THREADS] intra-op threads: one core per edge node
+    max_images: int = 64  # [CITYLOOP_MAX_IMAGES] images per request
+    max_bytes: int = 8 << 20  # [CITYLOOP_MAX_BYTES] request body limit (413 beyond)
+    min_side: int = 16  # [CITYLOOP_MIN_SIDE] smallest accepted width/height in px
+    max_side: int = 4096  # [CITYLOOP_MAX_SIDE] largest accepted width/height in px
+    max_inflight: int = 64  # [CITYLOOP_MAX_INFLIGHT] concurrent requests before 503 + Retry-After
+    token_env: str = "CITYLOOP_API_TOKEN"  # the name of the variable holding the optional token
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        env = os.environ
+        ints = {f: int(env[f"CITYLOOP_{f.upper()}"]) for f in (
+            "max_batch_size", "max_latency_ms", "ort_threads", "max_images", "max_bytes", "min_side",
+            "max_side", "max_inflight") if env.get(f"CITYLOOP_{f.upper()}")}
+        model_dir = Path(env.get("CITYLOOP_MODEL_DIR") or Path(__file__).resolve().with_name("model"))
+        return cls(model_dir=model_dir, **ints)
+
+
+SETTINGS = ServeSettings.from_env()
+
+
+def _check_image(text: str | np.ndarray) -> np.ndarray:
+    """Base64 JPEG/PNG -> RGB image, or ValueError (a 400 for the caller) saying what is wrong.
+
+    Idempotent: BentoML's input model may apply the validator twice (it did in 1.4.40).
+    """
+    if isinstance(text, np.ndarray):
+        return text
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if not data:
+        raise ValueError("empty image")
+    img = decode_image(data)
+    h, w = img.shape[:2]
+    if min(h, w) < SETTINGS.min_side or max(h, w) > SETTINGS.max_side:
+        raise ValueError(f"image is {w}x{h} px: width and height must be within "
+                         f"{SETTINGS.min_side}..{SETTINGS.max_side}")
+    return img
+
+
+# Base64 JPEG/PNG, decoded and checked during request validation (before batching), so a bad
+# image fails only its own request with a 400 and never a batch of other callers.
+EncodedImage = Annotated[str, AfterValidator(_check_image)]
+ImageList = Annotated[list[EncodedImage], Field(min_length=1, max_length=SETTINGS.max_images)]
+
+
+class Box(BaseModel):
+    box: list[float]  # x0, y0, x1, y1 in the image's own pixels
+    score: float
+    label: int  # model class index
+    cls: str | None  # platform class name
+
+
+class ImageResult(BaseModel):
+    detections: list[Box]
+    width: int
+    height: int
+    model_version: str
+
+
+class Guard:
+    """ASGI middleware: optional bearer token, body size limit, overload → 503 + Retry-After."""
+
+    def __init__(self, app, token_env: str, max_bytes: int, max_inflight: int) -> None:
+        self.app = app
+        self.token_env = token_env
+        self.max_bytes = max_bytes
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        token = os.environ.get(self.token_env)
+        if token:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return await _reply(send, 401, "missing or wrong API token (Authorization: Bearer <token>)",
+                                    [(b"www-authenticate", b"Bearer")])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _reply(send, 413, f"request body is {int(length)} bytes; the limit is {self.max_bytes}")
+        if self.inflight >= self.max_inflight:
+            return await _reply(send, 503, "overloaded: too many requests in flight, retry later",
+                                [(b"retry-after", b"1")])
+        self.inflight += 1
+        body = _BodyLimit(receive, send, self.max_bytes)
+        try:
+            await self.app(scope, body.receive, body.send)
+            if body.too_large and not body.replied:
+                await body.reply_413()
+        finally:
+            self.inflight -= 1
+
+
+class _BodyLimit:
+    """receive/send wrappers: a streamed (chunked) body past the limit ends as a 413, not a 500.
+
+    The app sees a client disconnect; whatever it answers then is replaced by the 413.
+    Also adds Retry-After to the dispatcher's own 503 (latency budget exceeded).
+    """
+
+    def __init__(self, receive, send, max_bytes: int) -> None:
+        self._receive, self._send, self.max_bytes = receive, send, max_bytes
+        self.seen = 0
+        self.too_large = self.replied = False
+
+    async def receive(self):
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.max_bytes:
+            self.too_large = True
+            return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message) -> None:
+        if self.too_large:
+            if message["type"] == "http.response.start" and not self.replied:
+                await self.reply_413()
+            return
+        if message["type"] == "http.response.start" and message["status"] == 503:
+            headers = list(message.get("headers") or [])
+            if not any(k.lower() == b"retry-after" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
+        await self._send(message)
+
+    async def reply_413(self) -> None:
+        self.replied = True
+        await _reply(self._send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+
+
+async def _reply(send, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    import json
+
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@bentoml.service(name="cityloop_detector", workers=1, traffic={"timeout": 30},
+                 endpoints={"livez": "/livez", "readyz": "/readyz"})
+class Detector:
+    """One model version in onnxruntime; adaptive batching over requests."""
+
+    def __init__(self) -> None:
+        card = ModelCard.load(SETTINGS.model_dir / "card.json")
+        self.model = OnnxDetector(SETTINGS.model_dir / "model.onnx", card, threads=SETTINGS.ort_threads)
+        self.version = os.environ.get("CITYLOOP_MODEL_VERSION") or f"{card.name}:{card.version}"
+        self.images = bentoml.metrics.Counter(name="cityloop_images", documentation="Images run",
+                                              labelnames=["model_version"])
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    def _run(self, images: list[np.ndarray]) -> list[ImageResult]:
+        dets = self.model.detect(images, batch_size=SETTINGS.max_batch_size)
+        self.images.labels(model_version=self.version).inc(len(images))
+        return [ImageResult(detections=[Box(box=[d.x0, d.y0, d.x1, d.y1], score=d.score, label=d.label, cls=d.cls)
+                                        for d in ds], width=img.shape[1], height=img.shape[0],
+                            model_version=self.version) for img, ds in zip(images, dets)]
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def detect(self, images: ImageList) -> list[ImageResult]:
+        """Detections per image; images of concurrent requests share one onnxruntime batch."""
+        return self._run(images)
+
+    @bentoml.api
+    def detect_unbatched(self, images: ImageList) -> list[ImageResult]:
+        """The same, each request run on its own (no adaptive batching)."""
+        return self._run(images)
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict:
+        """The model version and the serving settings in force."""
+        return {"model_version": self.version, "batch": {"max_batch_size": SETTINGS.max_batch_size,
+                                                        "max_latency_ms": SETTINGS.max_latency_ms},
+                "ort_threads": SETTINGS.ort_threads, "max_images": SETTINGS.max_images,
+                "max_bytes": SETTINGS.max_bytes, "token_required": bool(os.environ.get(SETTINGS.token_env))}
+
+
+Detector.add_asgi_middleware(Guard, token_env=SETTINGS.token_env, max_bytes=SETTINGS.max_bytes,
+                             max_inflight=SETTINGS.max_inflight)

@@ -1,0 +1,201 @@
+"""Start, probe and stop `bentoml serve` processes, and talk to them (the edge node and tests).
+
+A server runs in its own process group, so `stop()` takes its workers down with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bento.build import bento_env, bentoml_bin
+
+SERVICE = "bento.service:Detector"
+
+
+class ServingError(RuntimeError):
+    """The server answered with an error status (4xx: the caller's input; 5xx: the server)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Pid:
+    """A process this process did not start (a server adopted after a restart): poll/wait by pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":  # a zombie nobody reaped: gone for our purposes
+                self.returncode = -9
+                return self.returncode
+            return None
+        except FileNotFoundError:
+            return None
+        except ProcessLookupError:
+            self.returncode = -9
+            return self.returncode
+        except PermissionError:
+            return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.1)
+        return self.returncode or 0
+
+
+@dataclass
+class Server:
+    """One `bentoml serve` process on 127.0.0.1."""
+
+    proc: subprocess.Popen | Pid
+    port: int
+    log_path: Path
+    target: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def serve_env(section: dict | None) -> dict[str, str]:
+    """params.yaml `serve:` -> the service's CITYLOOP_* environment variables."""
+    return {f"CITYLOOP_{k.upper()}": str(v) for k, v in (section or {}).items()}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path | None = None,
+                 extra_env: dict[str, str] | None = None, log_path: Path | None = None,
+                 timeout: float = 90.0) -> Server:
+    """`bentoml serve TARGET` (a bento tag, or the service file with `model_dir`) and wait until ready."""
+    env = bento_env(root)
+    env.update(extra_env or {})
+    if model_dir is not None:
+        env["CITYLOOP_MODEL_DIR"] = str(Path(model_dir).resolve())
+    log_path = Path(log_path or Path(root) / ".cityloop" / "logs" / f"serve-{port}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # the service file's import root; a bento tag brings its own code, so run it from elsewhere
+    cwd = Path(__file__).resolve().parents[1] if target == SERVICE else log_path.parent
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([bentoml_bin(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(proc, port, log_path, target, {k: v for k, v in (extra_env or {}).items() if "TOKEN" not in k})
+    try:
+        wait_ready(server, timeout)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def adopt_server(pid: int, port: int, target: str, log_path: Path) -> Server | None:
+    """The still-running server of a previous (killed) run, if it is alive and ready on `port`."""
+    server = Server(Pid(pid), port, Path(log_path), target)
+    if not server.alive():
+        return None
+    try:
+        if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+            return server
+    except httpx.HTTPError:
+        pass
+    stop_server(server, grace=5)
+    return None
+
+
+def wait_ready(server: Server, timeout: float) -> None:
+    """Poll /readyz until 200; RuntimeError with the log's tail when the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"bentoml serve exited ({server.proc.returncode}):\n{_tail(server.log_path)}")
+        try:
+            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{_tail(server.log_path)}")
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def stop_server(server: Server, grace: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
+    if server.proc.poll() is not None:
+        _kill_group(server.proc.pid, signal.SIGKILL)
+        return
+    _kill_group(server.proc.pid, signal.SIGTERM)
+    try:
+        server.proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(server.proc.pid, signal.SIGKILL)
+    try:
+        server.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class DetectorClient:
+    """A small client of the service's HTTP API (encoded images in, detections out)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def detect(self, images: list[bytes], endpoint: str = "/detect") -> list[dict]:
+        """One result per encoded image (JPEG/PNG bytes); ServingError on an error status."""
+        body = {"images": [base64.b64encode(b).decode("ascii") for b in images]}
+        r = self.http.post(endpoint, json=body)
+        if r.status_code != 200:
+            retry = r.headers.get("retry-after")
+            raise ServingError(r.status_code, r.text[:500], float(retry) if retry else None)
+        return r.json()
+
+    def info(self) -> dict:
+        r = self.http.post("/info")
+        r.raise_for_status()
+        return r.json()
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,1 @@
+"""Edge nodes: serving, streams, hard examples, the outbox and the center inbox (torch-free)."""

@@ -1,0 +1,115 @@
+"""Which frames are worth labeling: low confidence, disagreement between versions, novelty.
+
+All three are cheap enough to run on every frame of an edge node. The hourly budget is
+enforced by the node against the outbox (so it survives restarts).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class SelectParams:
+    """The `edge.select:` section of params.yaml."""
+
+    low_conf_min: float = 0.15  # a detection scored in [min, max] is one the model is unsure of
+    low_conf_max: float = 0.45
+    disagreement_max: float = 0.6  # agreement (IoU 0.5 box F1) between versions below this: select
+    novelty_min: float = 0.35  # distance of the frame's thumbnail to every recent one above this: select
+    novelty_memory: int = 256  # thumbnails remembered per camera
+    budget_per_hour: int = 120  # hard examples a node may select per hour
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> SelectParams:
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown edge.select params: {sorted(unknown)}")
+        return cls(**d)
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    """IoU of two xyxy boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_count(a: list[dict], b: list[dict], thr: float = 0.5) -> int:
+    """Greedy one-to-one matches (same class, IoU >= thr, highest scores first)."""
+    used: set[int] = set()
+    n = 0
+    for da in sorted(a, key=lambda d: -d["score"]):
+        best, best_iou = None, thr
+        for j, db in enumerate(b):
+            if j in used or db["cls"] != da["cls"]:
+                continue
+            v = iou(da["box"], db["box"])
+            if v >= best_iou:
+                best, best_iou = j, v
+        if best is not None:
+            used.add(best)
+            n += 1
+    return n
+
+
+def agreement(a: list[dict], b: list[dict], thr: float = 0.5) -> float:
+    """Box F1 between two detection lists (1.0 when both are empty)."""
+    if not a and not b:
+        return 1.0
+    return 2 * match_count(a, b, thr) / (len(a) + len(b))
+
+
+def thumbnail(image: bytes) -> np.ndarray | None:
+    """A 16x16 grey, standardized thumbnail of encoded image bytes (None: undecodable)."""
+    img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    if img is None:
+        return None
+    t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return (t - t.mean()) / (t.std() + 1e-6)
+
+
+class Selector:
+    """Decides per frame whether (and why) it is a hard example."""
+
+    def __init__(self, params: SelectParams) -> None:
+        self.p = params
+        self.memory: dict[str, deque[np.ndarray]] = {}
+
+    def low_confidence(self, dets: list[dict]) -> float | None:
+        """Uncertainty in (0, 1] of the least certain detection inside the band, or None."""
+        band = [d["score"] for d in dets if self.p.low_conf_min <= d["score"] <= self.p.low_conf_max]
+        return max(1 - 2 * abs(s - 0.5) for s in band) if band else None
+
+    def novelty(self, camera_id: str, image: bytes) -> float | None:
+        """Distance of this frame to the camera's recent frames when above the threshold, else None."""
+        t = thumbnail(image)
+        if t is None:
+            return None
+        mem = self.memory.setdefault(camera_id, deque(maxlen=self.p.novelty_memory))
+        dist = min((float(np.sqrt(np.mean((t - m) ** 2))) / 2 for m in mem), default=1.0)
+        mem.append(t)
+        return dist if dist >= self.p.novelty_min else None
+
+    def select(self, camera_id: str, image: bytes, dets: list[dict],
+               other: list[dict] | None = None) -> tuple[str, float] | None:
+        """(reason, score) for a hard example, or None. `other`: another version's detections."""
+        if other is not None:
+            agree = agreement(dets, other)
+            if agree < self.p.disagreement_max:
+                self.novelty(camera_id, image)  # keep the memory current
+                return "disagreement", 1 - agree
+        nov = self.novelty(camera_id, image)
+        low = self.low_confidence(dets)
+        if low is not None:
+            return "low_confidence", low
+        if nov is not None:
+            return "novelty", nov
+        return None
