@@ -195,8 +195,7 @@ def finish(root: Path, pl: Plan, passed: bool, checks: list[dict], cmp: Comparis
     if reg.get(pl.candidate).stage == "production":
         registry = reg.rollback(name, why=why).to_dict()
     else:
-        reg.record([reg._event("promotion_refused", pl.candidate, why=f"release: {why}", to="production",
-                               checks=checks, canary=pl.canary)])
+        reg.refuse(pl.candidate, f"release: {why}", checks=checks, canary=pl.canary)
         registry = {"recorded": "promotion_refused", "stage": reg.get(pl.candidate).stage}
     reason = f"{pl.candidate} rolled back: canary {pl.canary} back on {pl.production}; {numbers}"
     return ReleaseDecision(False, checks, reason, dataclasses.asdict(pl), dataclasses.asdict(cmp), registry,

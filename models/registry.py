@@ -442,6 +442,10 @@ class Registry:
             self._append(events)
             self._track_locked()
 
+    def refuse(self, model_id: str, why: str, to: str = "production", **data: Any) -> None:
+        """Record that a version was refused a stage by a check outside the promotion gate (a canary)."""
+        self.record([self._event("promotion_refused", self.get(model_id).id, why=why, to=to, **data)])
+
     # ------------------------------------------------------------------ reading
     def _version_dirs(self) -> list[tuple[str, int, Path]]:
         out = []
