@@ -55,6 +55,17 @@ def _mount_serving() -> None:
 
 
 _mount_serving()
+
+
+def _mount_analysis() -> None:
+    from analysis.cli import dashboard_app, patrol, report_app
+
+    app.command("patrol")(patrol)
+    app.add_typer(report_app, name="report", help="Reports over the event store: weekly.")
+    app.add_typer(dashboard_app, name="dashboard", help="The one-screen dashboard: live events, versions, accuracy.")
+
+
+_mount_analysis()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -429,8 +440,8 @@ def _demo_labeling(root: Path, model: str) -> None:
     out = labeling_demo(root=str(root), model=model)
     pushed, pulled = out["push"], out["pull"]
     console.print(f"Label Studio at [bold]{out['url']}[/]: batch {pushed['batch']}, {len(pushed['task_ids'])} tasks "
-                  f"({pushed['strategy']}: {pushed['reasons']}) + {len(pushed['honeypot_ids'])} honeypots from "
-                  f"{pushed['data']}; project {pushed['page']}")
+                  f"from {pushed['data']} ({pushed['strategy']}: {pushed['reasons']}) + "
+                  f"{len(pushed['honeypot_ids'])} honeypots; project {pushed['page']}")
     for name, q in pulled["quality"]["annotators"].items():
         hp = q["honeypot_agreement"]
         console.print(f"  {name}: {q['tasks']} tasks, honeypot agreement {'n/a' if hp is None else f'{hp:.2f}'}"
