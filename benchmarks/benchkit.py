@@ -75,8 +75,9 @@ def command_line() -> str:
 def replace_section(text: str, heading: str, section: str) -> str:
     """text with its `heading` section (up to the next "## " heading) replaced or appended."""
     pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    section = section.rstrip("\n") + "\n\n"  # one blank line before the next section
     if pattern.search(text):
-        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+        return pattern.sub(lambda _: section, text, count=1).rstrip("\n") + "\n"
     head = text.rstrip("\n") + "\n\n" if text.strip() else "# cityloop benchmarks\n\n"
     return head + section
 
