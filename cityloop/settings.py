@@ -5,11 +5,16 @@ Nothing happens at import time: paths are resolved when a command asks for them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 # Telemetry off and generous start-up timeouts for the embedded defaults (see STACK-NOTES).
 QUIET_ENV = {
@@ -44,3 +49,19 @@ def load_params(root: Path) -> dict:
     """The workspace's params.yaml (the one home of tunables), or {} when it has none."""
     path = Path(root) / "params.yaml"
     return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+
+
+def from_section(cls: type[T], d: Mapping[str, Any] | None, section: str) -> T:
+    """A params dataclass from its params.yaml section; unknown keys, and required keys left out,
+    raise ValueError naming the section (a typo in params.yaml never passes silently)."""
+    d = dict(d or {})
+    fields = dataclasses.fields(cls)
+    known = sorted(f.name for f in fields)
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {section} params: {unknown} (known: {known})")
+    missing = [f.name for f in fields if f.name not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{section} params missing: {missing} (set them in the {section}: section of params.yaml)")
+    return cls(**d)

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from bento.serving import DetectorClient, ServingError
+from cityloop.settings import from_section
 from edge.fleet import deploy, up_nodes
 from edge.node import API_TOKEN_ENV
 from edge.selection import match_count
@@ -37,11 +38,7 @@ class ReleaseParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ReleaseParams:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown release params: {sorted(unknown)}")
-        return cls(**d)
+        return from_section(cls, d, "release")
 
 
 @dataclass

@@ -34,7 +34,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cityloop.settings import from_section
 from governance.schema import (
     ANNOTATION_COLUMNS,
     CATEGORY_IDS,
@@ -106,12 +107,7 @@ class GateParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> GateParams:
         """Build params from a params.yaml section; unknown keys raise ValueError."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown gate params: {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return from_section(cls, d, "gate")
 
 
 def _check_params(p: GateParams) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cityloop.settings import from_section
 from labeling.annotator import ErrorModel
 from labeling.push import PushParams
 
@@ -40,12 +41,7 @@ class LabelingParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LabelingParams:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown labeling params: {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return from_section(cls, d, "labeling")
 
     def push_params(self, **over: Any) -> PushParams:
         base = {f.name: getattr(self, f.name) for f in fields(PushParams)}

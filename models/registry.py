@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cityloop.settings import from_section
 from governance import versioning
 from governance.schema import CLASSES
 from models.card import STAGES, ModelCard
@@ -116,16 +117,7 @@ class RegistryParams:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RegistryParams:
-        d = dict(d or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown registry params: {unknown} (known: {known})")
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.name not in d]
-        if missing:
-            raise ValueError(f"registry params missing: {missing} (set them in the registry: section of params.yaml)")
-        return cls(**d)
+        return from_section(cls, d, "registry")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from cityloop.settings import from_section
 from models.components.detector import Detector
 from models.data import Augment, GovernedDataModule
 from models.module import DetectorModule, load_weights
@@ -42,11 +43,7 @@ class TrainParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainParams:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train params: {sorted(unknown)}")
-        return cls(**d)
+        return from_section(cls, d, "train")
 
 
 @dataclass
