@@ -61,6 +61,8 @@ bench: install ## Benchmarks (figures go to benchmarks/results.md)
 	W=data/models/cityloop-detector/v1/weights.pt; E=data/raw/field-bench; \
 	if [ -f $$W ]; then $(BIN)/python benchmarks/bench_serving.py --root . --model cityloop-detector:latest \
 	  --images $$E/images; else echo "bench_serving: run make demo first (it needs a registered model)"; fi
+	if [ -f data/models/cityloop-detector/v1/weights.pt ]; then $(BIN)/python benchmarks/bench_analysis.py --root .; \
+	else echo "bench_analysis: run make demo first (it needs a registered model)"; fi
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -45,7 +45,7 @@ class DetectionSink(Protocol):
     """Where a node's detections go (the analysis layer: tracking, event rules)."""
 
     def on_detections(self, camera_id: str, ts: float, frame_index: int, detections: list[dict],
-                      model_version: str) -> None: ...
+                      model_version: str, image: bytes | None = None) -> None: ...
 
 
 class JsonlSink:
@@ -56,7 +56,7 @@ class JsonlSink:
         self.fh = open(self.path, "a", buffering=1)
 
     def on_detections(self, camera_id: str, ts: float, frame_index: int, detections: list[dict],
-                      model_version: str) -> None:
+                      model_version: str, image: bytes | None = None) -> None:
         self.fh.write(json.dumps({"camera_id": camera_id, "ts": ts, "frame_index": frame_index,
                                   "model_version": model_version, "detections": detections}) + "\n")
 
@@ -267,7 +267,8 @@ class EdgeNode:
         self.frames += 1
         self.frame_times.append(time.time())
         dets = result["detections"]
-        sink.on_detections(frame.camera_id, frame.ts, frame.index, dets, result["model_version"])
+        # the encoded frame too: the analysis layer keeps it as the snapshot of an event it raises
+        sink.on_detections(frame.camera_id, frame.ts, frame.index, dets, result["model_version"], image=frame.data)
         pick = self.selector.select(frame.camera_id, frame.data, dets, self.shadow_detections(frame.data))
         if pick and outbox.selected_since(time.time() - 3600) < self.cfg.select.budget_per_hour:
             reason, score = pick

@@ -1,0 +1,93 @@
+"""Alert sinks: a webhook that is down at first receives the alert once it recovers; the store
+keeps the event either way."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from analysis.alerts import SIGNATURE_HEADER, Dispatcher, LogSink, WebhookSink, build_sinks
+from analysis.store import Event, EventStore
+
+SECRET = "test-secret-not-real"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Receiver:
+    """A real HTTP receiver on 127.0.0.1 that records what it gets."""
+
+    def __init__(self, port: int) -> None:
+        got = self.got = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                got.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _event() -> Event:
+    return Event(id="ev-1", scenario="helmetless_rider", camera_id="cam00", start_ts=1000.0, end_ts=1004.0,
+                 first_detected_ts=1001.0, model_version="cityloop-detector:v1", score=0.8, boxes=[[1, 2, 3, 4]])
+
+
+def test_webhook_down_at_first_gets_the_alert_once_it_recovers(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CITYLOOP_ALERT_SECRET", SECRET)
+    port = _free_port()
+    store = EventStore(f"sqlite:///{tmp_path}/events.db")
+    hook = WebhookSink(f"http://127.0.0.1:{port}/alerts", name="ops", retries=1, timeout_s=1.0, backoff_s=0.01)
+    disp = Dispatcher(store, [LogSink(), hook], retry_base_s=0.05)
+    disp.raise_event(_event())  # nothing listens yet
+    assert store.get("ev-1") is not None  # the event is stored although the webhook failed
+    states = {d["sink"]: d["state"] for d in store.deliveries("ev-1")}
+    assert states == {"log": "delivered", "ops": "pending"}
+    receiver = Receiver(port)  # the receiver comes up
+    try:
+        deadline = time.time() + 10
+        while not receiver.got and time.time() < deadline:
+            disp.retry_pending()
+            time.sleep(0.1)
+        for _ in range(3):
+            disp.retry_pending(now=time.time() + 3600)  # later retries send nothing again
+    finally:
+        receiver.stop()
+    assert len(receiver.got) == 1
+    headers, body = receiver.got[0]
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == expected
+    assert json.loads(body)["id"] == "ev-1" and headers["X-Cityloop-Event-Id"] == "ev-1"
+    assert {d["sink"]: d["state"] for d in store.deliveries("ev-1")}["ops"] == "delivered"
+    assert SECRET not in (tmp_path / "events.db").read_bytes().decode("latin-1")  # secrets never stored
+
+
+def test_a_webhook_needs_its_secret(monkeypatch):
+    monkeypatch.delenv("CITYLOOP_ALERT_SECRET", raising=False)
+    with pytest.raises(ValueError, match="CITYLOOP_ALERT_SECRET"):
+        build_sinks([{"type": "webhook", "url": "http://127.0.0.1:9/x"}])
+    with pytest.raises(ValueError, match="unknown alert sink"):
+        build_sinks([{"type": "pager"}])
