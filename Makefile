@@ -46,9 +46,11 @@ demo: install ## Simulate → gate → DVC version → train → ONNX → regist
 	$(BIN)/cityloop demo
 
 test: install ## Run the whole test suite (slow tests included)
+	@mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/python -m pytest -q
 
 test-fast: install ## Tests not marked slow
+	@mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install ## Benchmarks (figures go to benchmarks/results.md)
