@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results  # noqa: E402
+from benchkit import Row, command_line, finish, fmt, loadavg, log, machine_facts  # noqa: E402
 
 from analysis.params import AnalysisParams  # noqa: E402
 from analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
@@ -121,23 +119,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     return rows, note
 
 
-def machine_facts(load_at_start: str) -> dict[str, str]:
-    import onnxruntime
-
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(len(os.sched_getaffinity(0))),
-            "cpu": cpu, "load avg 1/5/15 min at start": load_at_start, "at end": loadavg(),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
-
-
-def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, note: str) -> str:
-    lines = [SECTION, "", f"Command: `{cmd}` (whole run {seconds:.0f} s)", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()), "", f"Streams: {note}", "",
-             "| measure | value | unit | notes |", "|---|---:|---|---|"]
-    lines += [f"| {r.what} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="workspace holding the registry (default: cwd)")
@@ -160,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     rows, note = run(args)
     seconds = time.perf_counter() - t0
-    facts = machine_facts(load)
-    print_table(f"cityloop video analysis benchmark ({seconds:.0f} s)", rows, fmt, facts)
-    write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds, note))
-    log(f"wrote {args.out}")
+    import onnxruntime
+
+    facts = machine_facts(load, onnxruntime=onnxruntime.__version__)
+    finish("cityloop video analysis benchmark", SECTION, rows, facts, cmd, seconds, args.out, f"Streams: {note}")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchkit import Row, command_line, fmt, loadavg, log, print_table, write_results  # noqa: E402
+from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
 
 from cityloop.settings import quiet_env  # noqa: E402
+from labeling.server import LS_VERSION  # noqa: E402
 
 SECTION = "## Labeling"
 
@@ -103,13 +104,6 @@ def run(tmp: Path, n_tasks: int) -> list[Row]:
     return rows
 
 
-def markdown(rows: list[Row], cmd: str, seconds: float, load: str) -> str:
-    lines = [SECTION, "", f"Command: `{cmd}` (whole run {seconds:.0f} s; load at start {load}, at end {loadavg()})",
-             "", "| measure | value | unit | notes |", "|---|---:|---|---|"]
-    lines += [f"| {r.what} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=1000, help="tasks with predictions to import (default 1000)")
@@ -121,9 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="cityloop-bench-ls-") as tmp:
         rows = run(Path(tmp), args.tasks)
     seconds = time.perf_counter() - t0
-    print_table(f"cityloop labeling benchmark ({seconds:.0f} s)", rows, fmt, {"load at start": load})
-    write_results(args.out, SECTION, markdown(rows, cmd, seconds, load))
-    log(f"wrote {args.out}")
+    from importlib.metadata import version
+
+    facts = machine_facts(load, **{"label-studio": LS_VERSION, "label-studio-sdk": version("label-studio-sdk")})
+    finish("cityloop labeling benchmark", SECTION, rows, facts, cmd, seconds, args.out,
+           f"Inputs: {args.tasks} unlabeled field frames, a real Label Studio on a fresh SQLite database")
 
 
 if __name__ == "__main__":

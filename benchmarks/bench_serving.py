@@ -13,14 +13,12 @@ import argparse
 import asyncio
 import base64
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -30,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results  # noqa: E402
+from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
 
 from bento.serving import free_port, start_server, stop_server  # noqa: E402
 from models.registry import Registry  # noqa: E402
@@ -190,25 +188,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     return rows, f"`{mv.id}` from `{args.root}` ({size:.0f} KiB ONNX), {len(data)} field frames"
 
 
-def machine_facts(load_at_start: str) -> dict[str, str]:
-    import bentoml
-    import onnxruntime
-
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(len(os.sched_getaffinity(0))),
-            "cpu": cpu, "load avg 1/5/15 min at start": load_at_start, "at end": loadavg(),
-            "python": platform.python_version(), "bentoml": bentoml.__version__,
-            "onnxruntime": onnxruntime.__version__}
-
-
-def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, note: str) -> str:
-    lines = [SECTION, "", f"Command: `{cmd}` (whole run {seconds:.0f} s)", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()), "", f"Model: {note}", "",
-             "| measure | value | unit | notes |", "|---|---:|---|---|"]
-    lines += [f"| {r.what} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="workspace holding the registry (default: cwd)")
@@ -235,10 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     rows, note = run(args)
     seconds = time.perf_counter() - t0
-    facts = machine_facts(load)
-    print_table(f"cityloop serving benchmark ({seconds:.0f} s)", rows, fmt, facts)
-    write_results(args.out, SECTION, markdown(rows, facts, cmd, seconds, note))
-    log(f"wrote {args.out}")
+    import bentoml
+    import onnxruntime
+
+    facts = machine_facts(load, bentoml=bentoml.__version__, onnxruntime=onnxruntime.__version__)
+    finish("cityloop serving benchmark", SECTION, rows, facts, cmd, seconds, args.out, f"Model: {note}")
 
 
 if __name__ == "__main__":

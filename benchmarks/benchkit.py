@@ -4,11 +4,13 @@ results.md sections."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -89,3 +91,30 @@ def write_results(path: Path, heading: str, section: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(replace_section(text, heading, section))
     os.replace(tmp, path)
+
+
+def machine_facts(load_at_start: str, **versions: str) -> dict[str, str]:
+    """Date, cores, CPU, load at start and now, Python, plus the package versions a benchmark names."""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo() if line.startswith("model name")), "?")
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(len(os.sched_getaffinity(0))),
+            "cpu": cpu, "load avg 1/5/15 min at start": load_at_start, "at end": loadavg(),
+            "python": platform.python_version(), **versions}
+
+
+def markdown(section: str, rows: Iterable, facts: dict[str, str], cmd: str, seconds: float,
+             extra: str = "") -> str:
+    """A results.md section: the command, the machine, an optional line about the inputs, the table."""
+    lines = [section, "", f"Command: `{cmd}` (whole run {seconds:.0f} s)", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()), ""]
+    lines += [extra, ""] if extra else []
+    lines += ["| measure | value | unit | notes |", "|---|---:|---|---|"]
+    lines += [f"| {r.what} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def finish(title: str, section: str, rows: list, facts: dict[str, str], cmd: str, seconds: float, out: Path,
+           extra: str = "") -> None:
+    """Print the table and replace the benchmark's section of results.md."""
+    print_table(f"{title} ({seconds:.0f} s)", rows, fmt, facts)
+    write_results(out, section, markdown(section, rows, facts, cmd, seconds, extra))
+    log(f"wrote {out}")
