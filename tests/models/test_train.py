@@ -112,7 +112,9 @@ def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
     assert len(list((run_dir / "logs").glob("version_*"))) == 2  # one log before the kill, one after
     after = pd.read_csv(run_dir / "logs" / "version_1" / "metrics.csv")
     resumed_epochs = after.dropna(subset=["train/loss_epoch"])["epoch"]
-    assert resumed_epochs.min() >= 2 and resumed_epochs.max() == 7  # it continued, it did not start over
+    # The kill lands once epoch 1's checkpoint file exists, possibly before last.ckpt is rewritten after it
+    # (seen under load), so the run resumes at epoch 1 or 2; a fresh start would log epoch 0 again.
+    assert resumed_epochs.min() >= 1 and resumed_epochs.max() == 7  # it continued, it did not start over
     assert len(read_metrics(run_dir)) >= len(after)
 
 
