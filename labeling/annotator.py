@@ -126,11 +126,12 @@ def annotate(ls, tasks: Iterable[dict], model: ErrorModel, user_id: int, truth: 
 
 def open_tasks(export: list[dict]) -> list[dict]:
     """Tasks of a JSON export in the shape `annotate` takes (who already annotated each)."""
-    return [{"id": t["id"], "data": t["data"], "annotators": [_uid(a) for a in t.get("annotations", [])]}
+    return [{"id": t["id"], "data": t["data"], "annotators": [annotator_id(a) for a in t.get("annotations", [])]}
             for t in export]
 
 
-def _uid(annotation: dict) -> int | None:
+def annotator_id(annotation: dict) -> int | None:
+    """The Label Studio user id of an exported annotation (`completed_by` is an id or a user dict)."""
     by = annotation.get("completed_by")
     return by.get("id") if isinstance(by, dict) else by
 

@@ -21,7 +21,7 @@ from governance.gate import GateParams, run_batch_gate
 from governance.repository import DataRepository
 from governance.schema import ANNOTATION_COLUMNS, CATEGORY_IDS
 from governance.store import FrameStore
-from labeling.annotator import _uid
+from labeling.annotator import annotator_id
 from labeling.convert import Box, ParsedAnnotation, parse_result, to_coco
 from labeling.project import LabelingProject
 from labeling.quality import QualityReport, assess
@@ -63,7 +63,7 @@ def collect(export: list[dict], names: dict[int, str]) -> dict[int, dict[str, tu
         for a in sorted(t.get("annotations", []), key=lambda a: (a.get("updated_at") or "", a["id"])):
             if a.get("was_cancelled"):
                 continue
-            who = names.get(_uid(a), str(_uid(a)))
+            who = names.get(annotator_id(a), str(annotator_id(a)))
             out[t["id"]][who] = (t, parse_result(a.get("result", []), int(d.get("width", 0)), int(d.get("height", 0))))
     return out
 

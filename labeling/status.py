@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from labeling.annotator import _uid
+from labeling.annotator import annotator_id
 from labeling.project import LabelingProject
 
 
@@ -28,7 +28,7 @@ def status(project: LabelingProject) -> dict:
         by_strategy[arm]["tasks"] += 1
         by_strategy[arm][state] += 1
         for a in anns:
-            who = names.get(_uid(a), str(_uid(a)))
+            who = names.get(annotator_id(a), str(annotator_id(a)))
             by_annotator[who]["skipped" if a.get("was_cancelled") else "annotations"] += 1
             by_annotator[who]["seconds"] += float(a.get("lead_time") or 0.0)
     return {"project": project.title, "project_id": project.id,
