@@ -66,6 +66,48 @@ def _mount_analysis() -> None:
 
 
 _mount_analysis()
+
+
+def loop_run(
+    rounds: Annotated[int | None, typer.Option(help="Labeling rounds after round 0 (default: loop.rounds).")] = None,
+    budget: Annotated[int | None, typer.Option(help="Labels per round and lineage (default: loop.budget).")] = None,
+    arm: Annotated[list[str] | None, typer.Option(help="active and/or random (repeatable).")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Seeds, one lineage per arm and seed (repeatable).")] = None,
+    target: Annotated[float | None, typer.Option(help="Field mAP@0.5 at which a lineage stops.")] = None,
+    edge: Annotated[bool | None, typer.Option("--edge/--no-edge", help="Main lineage through real edge nodes.")] = None,
+    annotators: Annotated[str, typer.Option(help="scripted (simulated annotators) or people.")] = "scripted",
+    prefect: Annotated[bool, typer.Option("--prefect/--direct", help="As the Prefect flow closed-loop, or the same "
+                                          "stages called directly.")] = True,
+) -> None:
+    """Run the closed loop: rounds of edge streams → Label Studio batch → fine-tune → gate → release,
+    the active arm beside the random control arm; prints each round, writes reports/loop/."""
+    root = find_root()
+    if prefect:
+        from flows.loop import closed_loop
+
+        out = closed_loop(rounds=rounds, budget=budget, arms=arm, seeds=seed, target=target, edge=edge,
+                          annotators=annotators, root=str(root))
+        summary = out["summary"]
+    else:
+        from flows.loop import ensure_base, labelstudio_task, loop_params  # .fn: the plain function, no Prefect run
+        from loop.runner import run_loop
+
+        p = loop_params(str(root), rounds=rounds, budget=budget, arms=arm, seeds=seed, target=target, edge=edge)
+        p.base = ensure_base(str(root), p.base)
+        labelstudio_task.fn(str(root))
+        summary = run_loop(root, p, annotators=annotators, say=console.print)["report"]
+    console.print(f"[bold]{summary.get('ratio_text', 'active/random: no ratio (an arm did not reach the target)')}[/]")
+    console.print(f"Loop report: {summary['markdown']} (curve {summary['png']})")
+
+
+def _mount_loop() -> None:
+    from loop.cli import app as loop_app
+
+    loop_app.command("run")(loop_run)
+    app.add_typer(loop_app, name="loop", help="The closed loop: run (Prefect flow closed-loop), report, status.")
+
+
+_mount_loop()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -406,10 +448,11 @@ def stage_evaluate(
 def demo(
     frames: Annotated[int | None, typer.Option(help="Frames per dataset (default: params.yaml).")] = None,
     train: Annotated[bool, typer.Option(help="Also train on lab, register, and run the promotion gate.")] = True,
-    label: Annotated[bool, typer.Option(help="Also label a field batch in Label Studio (scripted annotators).")] = True,
+    loop: Annotated[bool, typer.Option(help="Then run the closed loop (Label Studio, edge nodes, rounds).")] = True,
+    label: Annotated[bool, typer.Option(help="Without the loop: one labeling batch in Label Studio instead.")] = True,
 ) -> None:
     """The main job on embedded defaults: simulate → gate → version, train → ONNX → registry → gate,
-    then one labeling batch through Label Studio into a new dataset version."""
+    then the closed loop (active arm beside the random control arm) until the field target."""
     from flows.governance import governance_demo
     from governance import versioning
 
@@ -429,8 +472,31 @@ def demo(
     verdict = "[green]promoted" if decision["promoted"] else "[yellow]not promoted"
     console.print(f"Promotion gate: {verdict}[/]: {decision['reason']}")
     console.print("See: cityloop data versions | cityloop models list | cityloop models show " + out["model"])
-    if label:
+    if loop:
+        _demo_loop(root)
+    elif label:
         _demo_labeling(root, out["model"])
+
+
+def _demo_loop(root: Path) -> None:
+    """The closed loop as the Prefect flow closed-loop, then where to look."""
+    import os
+
+    from flows.loop import closed_loop
+    from labeling.server import LabelStudioServer
+
+    out = closed_loop(root=str(root))
+    s = out["summary"]
+    console.print(f"[bold]{s.get('ratio_text', 'active/random: no ratio (an arm did not reach the target)')}[/]")
+    for arm, a in s["arms"].items():
+        console.print(f"  {arm}: final field mAP@0.5 {a['final_mAP50']}, labels {a['labels']}, "
+                      f"labels to target {a['labels_to_target']}")
+    ls = LabelStudioServer(root, port=(load_params(root).get("labeling") or {}).get("port", 8089))
+    console.print(f"Loop report: {s['markdown']} (curve {s['png']})\n"
+                  f"Data Docs: {root / 'reports' / 'datadocs' / 'index.html'}\n"
+                  f"Label Studio projects: {ls.url}/projects (login in .cityloop/labelstudio/credentials.env)\n"
+                  f"Prefect runs: {os.environ.get('PREFECT_API_URL') or 'cityloop up, then http://127.0.0.1:4200/runs'}"
+                  "\nStop Label Studio with: cityloop labelstudio down")
 
 
 def _demo_labeling(root: Path, model: str) -> None:

@@ -75,18 +75,24 @@ def registry_for(root: Path):
     return Registry(Path(root), RegistryParams.from_dict(load_params(Path(root)).get("registry", {})))
 
 
-def train_step(root: Path, data: str, params: dict, parent: str | None = None, runs_dir: Path | None = None) -> dict:
-    """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent."""
+def train_step(root: Path, data: str, params: dict, parent: str | None = None, runs_dir: Path | None = None,
+               replay: tuple[str, ...] | None = None) -> dict:
+    """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent.
+
+    replay: dataset versions mixed in (default: the parent's training data, when it differs);
+    "name@latest" resolves to a version id, so the run stays reproducible.
+    """
     from cityloop.settings import load_params
     from governance import versioning
     from models.train import TrainParams, train
 
     data = versioning.resolve(Path(root), data).id  # "lab@latest" -> "lab@v3": the card names a real version
-    weights, replay = None, ()
+    weights, default_replay = None, ()
     if parent:
         pv = registry_for(root).get(parent)
         weights = pv.path / "weights.pt"
-        replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
+        default_replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
+    replay = default_replay if replay is None else tuple(versioning.resolve(Path(root), v).id for v in replay)
     holdout = tuple(load_params(Path(root)).get("ingest", {}).get("holdout", ()))
     res = train(Path(root), data, TrainParams.from_dict(params), parent=parent, parent_weights=weights,
                 replay=replay, holdout=holdout, runs_dir=runs_dir, progress=False)

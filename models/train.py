@@ -64,9 +64,10 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
-def run_id(data: str, parent: str | None, params: TrainParams) -> str:
-    """Stable id of a training run: same inputs, same run directory."""
-    key = json.dumps({"data": data, "parent": parent, **asdict(params)}, sort_keys=True)
+def run_id(data: str, parent: str | None, params: TrainParams, replay: tuple[str, ...] = ()) -> str:
+    """Stable id of a training run: same inputs (data, parent, replayed versions, params), same run directory."""
+    key = json.dumps({"data": data, "parent": parent, **asdict(params), **({"replay": list(replay)} if replay else {})},
+                     sort_keys=True)
     slug = data.replace("@", "-").replace(":", "-")
     return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
@@ -84,7 +85,7 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
         logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(params.seed, workers=True)
-    run_dir = Path(runs_dir or Path(root) / ".cityloop" / "runs") / run_id(data, parent, params)
+    run_dir = Path(runs_dir or Path(root) / ".cityloop" / "runs") / run_id(data, parent, params, replay)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.exists()
     dm = GovernedDataModule(root, data, holdout, replay, params.replay_ratio, params.batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cityloop.settings import quiet_env
+from labeling.server import LabelStudioServer
 from scenes.frames import generate_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +107,20 @@ def build_model_workspace(ws: Path) -> ModelWorkspace:
 def model_ws(tmp_path_factory: pytest.TempPathFactory) -> ModelWorkspace:
     """One shared, trained workspace per test session (read-only for tests: copy it to change it)."""
     return build_model_workspace(tmp_path_factory.mktemp("model-ws") / "ws")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def labelstudio(tmp_path_factory: pytest.TempPathFactory):
+    """One real Label Studio for the session (labeling and loop tests), started by the project's own
+    lifecycle code from its venv (`make install` creates it), data in a temp dir, on 127.0.0.1."""
+    state = tmp_path_factory.mktemp("labelstudio")
+    server = LabelStudioServer(state, port=free_port(), state_dir=state / "ls", venv=REPO / ".venv-labelstudio")
+    server.start(timeout=300)
+    yield server
+    server.stop()

@@ -1,31 +1,14 @@
-"""A real Label Studio server for the session, started by the project's own lifecycle code."""
+"""Labeling fixtures: a private copy of the trained workspace, the pool's truth. The session's real
+Label Studio server (`labelstudio`) lives in tests/conftest.py, shared with the loop tests."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-from labeling.server import LabelStudioServer
-from tests.conftest import REPO, ModelWorkspace
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def labelstudio(tmp_path_factory: pytest.TempPathFactory):
-    """Label Studio from the project's venv (`make install` creates it), data in a temp dir, 127.0.0.1."""
-    state = tmp_path_factory.mktemp("labelstudio")
-    server = LabelStudioServer(state, port=free_port(), state_dir=state / "ls", venv=REPO / ".venv-labelstudio")
-    server.start(timeout=300)
-    yield server
-    server.stop()
+from tests.conftest import ModelWorkspace
 
 
 @pytest.fixture(scope="module")

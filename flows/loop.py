@@ -1,0 +1,98 @@
+"""Prefect flow `closed-loop`: round 0 (lab model, release) then rounds of field streams → hard
+examples → Label Studio batch → governed version → fine-tune → evaluate → gate → release.
+
+Orchestration only: loop.runner runs the rounds and hands every stage to `prefect_call`, which
+runs it as a Prefect task named after the stage (the same functions the benchmark calls directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from cityloop.settings import find_root, load_params
+
+
+def prefect_call(name: str, fn: Callable, *args: Any) -> Any:
+    """One loop stage as a Prefect task run (no result cache: the loop keeps its own state)."""
+    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)(*args)
+
+
+@task(name="labelstudio-up", cache_policy=NO_CACHE)
+def labelstudio_task(root: str) -> str:
+    """Start (or find) the workspace's Label Studio server; an external one (LABEL_STUDIO_URL) is used as is."""
+    import os
+
+    from labeling.server import ENV_URL, LabelStudioServer
+    from labeling.settings import LabelingParams
+
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    port = LabelingParams.from_dict(load_params(Path(root)).get("labeling", {})).port
+    return LabelStudioServer(Path(root), port=port).start().url
+
+
+def loop_params(root: str, **over: Any):
+    from loop.params import LoopParams
+
+    return LoopParams.from_dict({**(load_params(Path(root)).get("loop") or {}),
+                                 **{k: v for k, v in over.items() if v is not None}})
+
+
+def ensure_base(root: str, base: str) -> str:
+    """Round 0's inputs: the demo datasets and the lab-trained model (made by their flows when missing)."""
+    from governance import versioning
+    from models.registry import ModelNotFoundError, Registry
+
+    if not versioning.list_versions(Path(root), "lab"):
+        from flows.governance import governance_demo
+
+        governance_demo(root=root)
+    try:
+        return Registry(Path(root), track=False).get(base).id
+    except ModelNotFoundError:
+        from flows.training import train_flow
+
+        return train_flow(data="lab@latest", root=root)["model"]
+
+
+@flow(name="closed-loop")
+def closed_loop(rounds: int | None = None, budget: int | None = None, arms: list[str] | None = None,
+                seeds: list[int] | None = None, target: float | None = None, edge: bool | None = None,
+                annotators: str = "scripted", root: str | None = None) -> dict:
+    """The closed loop: rounds of field labels until the field target or the label budget.
+
+    Args:
+        rounds: labeling rounds after round 0 (default: params loop.rounds).
+        budget: frames labeled per round and lineage (default: params loop.budget).
+        arms: selection arms side by side: "active" (uncertainty + diversity) and/or "random" (the control arm).
+        seeds: one lineage per arm and seed; the report shows their spread.
+        target: field mAP@0.5 at which a lineage stops (default: params loop.target).
+        edge: run the main lineage through real edge nodes (streams, hard examples, canary releases).
+        annotators: "scripted" (simulated annotators from the simulator's truth) or "people" (wait for
+            Label Studio users).
+        root: workspace (default: the git top level of the working directory).
+    """
+    from loop.runner import run_loop
+
+    if annotators not in ("scripted", "people"):
+        raise ValueError("annotators must be 'scripted' or 'people'")
+    root = str(Path(root or find_root()).resolve())
+    p = loop_params(root, rounds=rounds, budget=budget, arms=arms, seeds=seeds, target=target, edge=edge)
+    log = get_run_logger()
+    base = task(ensure_base, name="round-0-base", cache_policy=NO_CACHE)(root, p.base)
+    if base != p.base:
+        p.base = base
+    url = labelstudio_task(root)
+    log.info("Label Studio at %s", url)
+    out = run_loop(Path(root), p, call=prefect_call, annotators=annotators, say=log.info)
+    summary = out["report"]
+    md = Path(summary["markdown"]).read_text()
+    create_markdown_artifact(key="closed-loop", markdown=md, description=summary.get("ratio_text", "closed loop"))
+    return {"run": out["run"], "summary": {k: v for k, v in summary.items() if k != "records"},
+            "records": out["records"], "timings": out["timings"]}
