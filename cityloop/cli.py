@@ -108,6 +108,17 @@ def _mount_loop() -> None:
 
 
 _mount_loop()
+
+
+def _mount_stack() -> None:
+    from cityloop.stack_cli import down, status, up
+
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+
+
+_mount_stack()
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 

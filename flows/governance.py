@@ -9,11 +9,24 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from cityloop.settings import find_root, load_params
 from governance.gate import GateParams, GateResult
 from governance.repository import Candidate, DataRepository, GateFailed
 from scenes.frames import generate_frames
+
+DATASET_EVENT = "cityloop.dataset.versioned"  # resource cityloop.dataset.<name>, payload version (train trigger)
+
+
+def emit_dataset_versioned(summary: dict) -> None:
+    """`cityloop.dataset.versioned` for a newly published version (automations start training on it)."""
+    version = summary["version"]
+    dataset = version.split("@")[0]
+    emit_event(event=DATASET_EVENT, resource={"prefect.resource.id": f"cityloop.dataset.{dataset}",
+                                              "prefect.resource.name": dataset},
+               payload={"version": version, "dataset": dataset, "commit": summary.get("commit"),
+                        "frames": summary.get("frames"), "new_frames": summary.get("new_frames")})
 
 
 def _repository(root: str) -> DataRepository:
@@ -50,7 +63,10 @@ def validate_task(root: str, candidate: Candidate) -> GateResult:
 def version_task(root: str, candidate: Candidate, result: GateResult, push: bool = True) -> dict:
     """Publish a gated candidate as a DVC version (retried: DVC may meet a held lock)."""
     res = _repository(root).publish(candidate, result, push)
-    return {"version": res.version.id, "commit": res.version.commit, **res.summary}
+    out = {"version": res.version.id, "commit": res.version.commit, **res.summary}
+    if res.version.summary.get("ingest", {}).get("id") == res.ingest_id:  # a new version, not "unchanged"
+        emit_dataset_versioned({**out, "new_frames": res.new_frames})
+    return out
 
 
 @flow(name="ingest")

@@ -67,6 +67,10 @@ def pull_task(root: str, into: str | None) -> dict:
 
     params, project, repo, gate = _open(root)
     res = pull(project, repo, into or params.dataset, gate, params.min_agreement, params.iou, params.split)
+    if res.version and res.accepted:  # a new labeled version: the train trigger's event
+        from flows.governance import emit_dataset_versioned
+
+        emit_dataset_versioned({"version": res.version, "frames": len(res.accepted), "new_frames": res.new_frames})
     return res.to_dict()
 
 

@@ -6,6 +6,7 @@ Orchestration only: each task calls one plain function of analysis.patrol.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -31,8 +32,13 @@ def score_task(streams: str, db: str, run_id: str, tolerance_s: float) -> dict |
     return score_run(streams, db, run_id, tolerance_s)
 
 
+DASK_ADDRESS_ENV = "CITYLOOP_DASK_ADDRESS"  # tcp://scheduler:8786 at scale (`cityloop up`: stack.dask_address)
+
+
 def task_runner(address: str | None = None, workers: int = 2) -> DaskTaskRunner:
-    """A Dask cluster of `workers` single-threaded processes, or an existing scheduler at `address`."""
+    """A Dask cluster of `workers` single-threaded processes, or an existing scheduler at `address`
+    (default: $CITYLOOP_DASK_ADDRESS)."""
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,

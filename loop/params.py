@@ -19,7 +19,6 @@ class LoopParams:
     seeds: list[int] = field(default_factory=lambda: [0])
     target: float = 0.9  # field mAP@0.5 at which a lineage stops
     base: str = "cityloop-detector:v1"  # round 0: the lab-trained model every lineage starts from
-    benchmark: str = "field-bench@latest"
     pool: str = "field-pool"  # the cameras' unlabeled frames accumulate here (edge hard examples too)
     pool_frames: int = 600  # frames the field cameras deliver per round
     pool_seed: int = 100  # round r renders with seed pool_seed + r

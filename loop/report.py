@@ -58,7 +58,7 @@ def summarize(records: list[dict], target: float) -> dict[str, Any]:
 
 
 def plot(records: list[dict], target: float, path: Path) -> Path:
-    """mAP@0.5 on the field benchmark against labels, one line per lineage, mean per arm bold."""
+    """mAP@0.5 on the field benchmark against labels, one line per lineage (arm × seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +110,8 @@ def write_report(root: Path, p: LoopParams, records: list[dict], out: Path) -> d
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, p.target)
     png = plot(records, p.target, out / "curve.png") if records else None
-    md = ["# cityloop closed loop", "", f"Target: field mAP@0.5 ≥ {p.target} on {p.benchmark}; "
+    bench = next((r.get("benchmark") for r in records if r.get("benchmark")), "the benchmark set")
+    md = ["# cityloop closed loop", "", f"Target: field mAP@0.5 ≥ {p.target} on {bench}; "
           f"{p.budget} labels per round and lineage, at most {p.total_labels}.", "",
           f"**{summary.get('ratio_text', 'active/random ratio: not measurable yet')}**", "", "![curve](curve.png)",
           "", table(records), ""]

@@ -67,7 +67,8 @@ class LoopState:
 
 def _record(lin: Lineage, rnd: int, labels: int, ev: dict, pt: dict, extra: dict) -> dict:
     return {"lineage": lin.key, "arm": lin.arm, "seed": lin.seed, "main": lin.main, "round": rnd, "labels": labels,
-            "model": ev["model"], "mAP50": ev["mAP50"], "per_condition": ev["per_condition"],
+            "model": ev["model"], "benchmark": ev.get("benchmark"), "mAP50": ev["mAP50"],
+            "per_condition": ev["per_condition"],
             "event_precision": pt.get("event_precision"), "event_recall": pt.get("event_recall"),
             "ttd_median_s": pt.get("ttd_median_s"), **extra}
 

@@ -1,0 +1,404 @@
+"""The local stack behind `cityloop up | down | status`: a Prefect server (SQLite under
+`<root>/.cityloop/prefect/`, the PREFECT_HOME), the process serving every deployment
+(`python -m flows.deployments`) and the workspace's Label Studio server.
+
+Plain process lifecycle: start in a new session with a pid file and a log under
+`<root>/.cityloop/stack/`, wait for health, stop with SIGTERM then SIGKILL. Idempotent (a second
+`up` finds what runs), stale pid files are removed, a port held by someone else is refused.
+Nothing here imports Prefect or the flows: they run in the child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from cityloop.settings import QUIET_ENV, from_section, load_params
+
+HOST = "127.0.0.1"
+READY_FILE = "deployments.json"  # the serve process writes the deployment names here, then registers them
+
+
+class StackError(RuntimeError):
+    """A component could not be started or reached; the message says why and where the log is."""
+
+
+@dataclass
+class StackParams:
+    """params.yaml `stack:`: ports, schedules and trigger thresholds of `cityloop up`."""
+
+    prefect_port: int = 4200
+    labelstudio: bool = True              # start Label Studio with the stack (its port: labeling.port)
+    poll_seconds: int = 5                 # how often the serve process asks for scheduled runs
+    start_timeout_s: float = 120.0
+    stop_timeout_s: float = 15.0
+    patrol_cron: str = "0 2 * * *"
+    patrol_streams: str = "data/raw/field-video"   # relative to the workspace
+    patrol_model: str = "cityloop-detector:latest"
+    hard_examples_min: int = 300          # new edge frames pooled before cityloop.hard-examples.ready
+    hard_examples_dataset: str = "edge-hard"
+    label_annotators: str = "people"      # annotators of a triggered labeling batch
+    label_model: str = "cityloop-detector:latest"
+    label_threshold: int = 1              # ready events ...
+    label_within_s: int = 0               # ... within this window start a batch (0: each one does)
+    train_parent: str = "cityloop-detector:latest"
+    train_promote: bool = True
+    train_threshold: int = 1              # new labeled versions ...
+    train_within_s: int = 0               # ... within this window start a fine-tune
+    timezone: str = "UTC"
+    dask_address: str | None = None       # patrol's Dask scheduler at scale (else a LocalCluster per run)
+
+
+def stack_params(root: Path) -> StackParams:
+    return from_section(StackParams, load_params(Path(root)).get("stack"), "stack")
+
+
+@dataclass
+class Component:
+    name: str
+    running: bool
+    url: str | None = None
+    pid: int | None = None
+    message: str = ""
+    log: str | None = None
+
+
+@dataclass
+class StackStatus:
+    components: list[Component]
+    deployments: list[dict] = field(default_factory=list)
+    api_error: str | None = None
+
+    def get(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+
+# --------------------------------------------------------------------- processes
+
+
+class ManagedProcess:
+    """One child process: pid file + log in `state`, a marker that its command line must contain
+    (a recycled pid of someone else's process is not taken for ours)."""
+
+    def __init__(self, name: str, state: Path, cmd: list[str], env: dict[str, str], cwd: Path, marker: str) -> None:
+        self.name, self.state, self.cmd, self.env, self.cwd, self.marker = name, state, cmd, env, cwd, marker
+        self.pid_file, self.log_file = state / f"{name}.pid", state / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def pid(self) -> int | None:
+        """The recorded pid if that process is alive and ours; a stale pid file is removed."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        if not _alive(pid) or self.marker not in _cmdline(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def launch(self) -> int:
+        self.state.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(self.proc.pid))
+        return self.proc.pid
+
+    def wait(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Until ready(); raises StackError (the log's tail included) when the child exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise StackError(f"{self.name} exited with {self.proc.returncode}; see {self.log_file}:\n"
+                                 f"{_tail(self.log_file)}")
+            if ready():
+                return
+            time.sleep(0.5)
+        raise StackError(f"{self.name} was not ready within {timeout:.0f} s; see {self.log_file}:\n"
+                         f"{_tail(self.log_file)}")
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """SIGTERM to the process group, SIGKILL after `timeout`. True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pid):
+                time.sleep(0.2)
+            if not _group_alive(pid):
+                break
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+# ------------------------------------------------------------------------- stack
+
+
+class Stack:
+    """The workspace's local stack. Ports: the arguments, else those of the last `up`
+    (`.cityloop/stack/stack.json`), else params.yaml (`stack.prefect_port`, `labeling.port`)."""
+
+    def __init__(self, root: Path, prefect_port: int | None = None, labelstudio_port: int | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.params = stack_params(self.root)
+        self.state = self.root / ".cityloop" / "stack"
+        self.prefect_home = self.root / ".cityloop" / "prefect"
+        last = self._last()
+        self.port = prefect_port or last.get("prefect_port") or self.params.prefect_port
+        ls_default = (load_params(self.root).get("labeling") or {}).get("port", 8089)
+        self.ls_port = labelstudio_port or last.get("labelstudio_port") or ls_default
+        self.url = f"http://{HOST}:{self.port}"
+        self.api_url = f"{self.url}/api"
+        code = Path(__file__).resolve().parents[1]  # the tree holding flows/ (deployment entrypoints are relative)
+        base = self._env()
+        prefect = Path(sys.executable).with_name("prefect")
+        self.server = ManagedProcess(
+            "prefect-server", self.state,
+            [str(prefect) if prefect.exists() else (shutil.which("prefect") or "prefect"), "server", "start",
+             "--host", HOST, "--port", str(self.port), "--analytics-off"],
+            {**base, "PREFECT_UI_API_URL": self.api_url}, self.state, "prefect")
+        self.serve = ManagedProcess(
+            "serve", self.state, [sys.executable, "-m", "flows.deployments"],
+            {**base, "PREFECT_API_URL": self.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": str(self.params.poll_seconds)},
+            code, "flows.deployments")
+
+    # ------------------------------------------------------------- helpers
+    def _last(self) -> dict:
+        try:
+            return json.loads((self.state / "stack.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _env(self) -> dict[str, str]:
+        env = {**QUIET_ENV, **os.environ}
+        env.pop("PREFECT_API_URL", None)  # never another server's
+        env.update({"PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "CITYLOOP_ROOT": str(self.root), "PYTHONUNBUFFERED": "1"})
+        if self.params.dask_address and not env.get("CITYLOOP_DASK_ADDRESS"):
+            env["CITYLOOP_DASK_ADDRESS"] = self.params.dask_address
+        return env
+
+    def labelstudio(self):
+        from labeling.server import LabelStudioServer
+
+        return LabelStudioServer(self.root, port=self.ls_port)
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            return requests.get(f"{self.api_url}/health", timeout=timeout).ok
+        except requests.RequestException:
+            return False
+
+    def api(self, method: str, path: str, json_body: dict | list | None = None, timeout: float = 10.0,
+            tries: int = 5) -> requests.Response:
+        """A REST call to the stack's server, retried on 503 (SQLite busy) and connection errors."""
+        for i in range(tries):
+            try:
+                r = requests.request(method, f"{self.api_url}{path}", json=json_body, timeout=timeout)
+                if r.status_code != 503:
+                    r.raise_for_status()
+                    return r
+            except requests.ConnectionError:
+                if i == tries - 1:
+                    raise
+            time.sleep(0.5 * (i + 1))
+        r.raise_for_status()
+        return r
+
+    def deployments(self) -> list[dict]:
+        """The registered deployments: full name, schedules, paused, tags and their triggers' names."""
+        deps = self.api("POST", "/deployments/filter", {}).json()
+        flows = {f["id"]: f["name"] for f in self.api("POST", "/flows/filter", {}).json()}
+        triggers: dict[str, list[str]] = {}
+        for a in self.api("POST", "/automations/filter", {}).json():
+            for act in a.get("actions", []):
+                if act.get("type") == "run-deployment" and act.get("deployment_id"):
+                    triggers.setdefault(act["deployment_id"], []).append(a["name"])
+            for rel in (a.get("trigger") or {}).get("match_related") or []:
+                rid = rel.get("prefect.resource.id", "") if isinstance(rel, dict) else ""
+                if isinstance(rid, str) and rid.startswith("prefect.deployment."):
+                    triggers.setdefault(rid.removeprefix("prefect.deployment."), []).append(a["name"])
+        out = []
+        for d in deps:
+            sched = [s.get("schedule", {}).get("cron") or s.get("schedule", {}).get("interval") or "?"
+                     for s in d.get("schedules") or []]
+            out.append({"id": d["id"], "name": f"{flows.get(d['flow_id'], '?')}/{d['name']}", "schedules": sched,
+                        "paused": d.get("paused", False), "tags": d.get("tags", []),
+                        "triggers": sorted(set(triggers.get(d["id"], []))), "description": d.get("description")})
+        return sorted(out, key=lambda d: d["name"])
+
+    def _expected(self, since: float) -> list[str] | None:
+        path = self.state / READY_FILE
+        try:
+            if path.stat().st_mtime + 1 < since:
+                return None
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _registered(self, since: float) -> bool:
+        names = self._expected(since)
+        if names is None or not self.healthy():
+            return False
+        try:  # registered and unpaused (a serve process pauses its deployments when it stops)
+            have = {d["name"] for d in self.deployments() if not d["paused"]}
+        except requests.RequestException:
+            return False
+        return set(names) <= have
+
+    # ----------------------------------------------------------- lifecycle
+    def up(self, labelstudio: bool | None = None, say: Callable[[str], None] = lambda s: None) -> StackStatus:
+        """Start (or find) the Prefect server, Label Studio and the serve process. Idempotent."""
+        labelstudio = self.params.labelstudio if labelstudio is None else labelstudio
+        timeout = self.params.start_timeout_s
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        started_server = False
+        if self.server.pid() is None:
+            if _port_busy(HOST, self.port):
+                who = "a Prefect server not started by this workspace" if self.healthy() else "another process"
+                raise StackError(f"port {self.port} on {HOST} is taken by {who}; choose another with "
+                                 f"`cityloop up --port N` or params stack.prefect_port")
+            self.server.launch()
+            started_server = True
+            say(f"starting the Prefect server on {self.url} (database under {self.prefect_home})")
+        (self.state / "stack.json").write_text(json.dumps({"prefect_port": self.port, "labelstudio_port": self.ls_port,
+                                                           "labelstudio": bool(labelstudio)}))
+        if labelstudio:
+            say(f"starting (or finding) Label Studio on http://{HOST}:{self.ls_port}")
+            from labeling.server import LabelStudioError
+
+            try:
+                self.labelstudio().start()
+            except LabelStudioError as exc:
+                raise StackError(f"Label Studio: {exc}") from exc
+        try:
+            self.server.wait(self.healthy, timeout)
+        except StackError:
+            if started_server:
+                self.server.stop(self.params.stop_timeout_s)
+            raise
+        serve_pid = self.serve.pid()
+        if serve_pid is not None and started_server:  # a serve process left from a server that went away
+            self.serve.stop(self.params.stop_timeout_s)
+            serve_pid = None
+        if serve_pid is None:
+            since = time.time()
+            self.serve.launch()
+            say("starting the serve process (python -m flows.deployments): registering the deployments")
+            try:
+                self.serve.wait(lambda: self._registered(since), timeout)
+            except StackError:
+                self.serve.stop(self.params.stop_timeout_s)
+                raise
+        return self.status()
+
+    def down(self) -> dict[str, bool]:
+        """Stop serve, Label Studio, the Prefect server (in that order); data stays. Name → was running."""
+        t = self.params.stop_timeout_s
+        out = {"serve": self.serve.stop(t), "labelstudio": self.labelstudio().stop(t),
+               "prefect-server": self.server.stop(t)}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_port_busy(HOST, self.port) and out["prefect-server"]):
+            time.sleep(0.2)
+        return out
+
+    def status(self) -> StackStatus:
+        spid, vpid = self.server.pid(), self.serve.pid()
+        up = spid is not None and self.healthy()
+        ls = self.labelstudio().status()
+        comps = [Component("prefect-server", up, self.url, spid, "UI at /, API at /api" if up else "",
+                           str(self.server.log_file)),
+                 Component("serve", vpid is not None, None, vpid, "python -m flows.deployments",
+                           str(self.serve.log_file)),
+                 Component("labelstudio", ls.running, ls.url, ls.pid, "", str(self.labelstudio().log_file))]
+        st = StackStatus(comps)
+        if up:
+            try:
+                st.deployments = self.deployments()
+            except requests.RequestException as exc:
+                st.api_error = str(exc)
+        return st
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child if it exited
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any live member of the process group (the serve process's flow runs, the server's workers)."""
+    if _alive(pgid):
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def port_busy(port: int, host: str = HOST) -> bool:
+    return _port_busy(host, port)
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
