@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from cityloop.procs import alive, stop_group
 from cityloop.settings import QUIET_ENV, from_section, load_params
 
 HOST = "127.0.0.1"
@@ -103,7 +103,7 @@ class ManagedProcess:
         except (FileNotFoundError, ValueError):
             self.pid_file.unlink(missing_ok=True)
             return None
-        if not _alive(pid) or self.marker not in _cmdline(pid):
+        if not alive(pid) or self.marker not in _cmdline(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -136,16 +136,7 @@ class ManagedProcess:
         pid = self.pid()
         if pid is None:
             return False
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pid):
-                time.sleep(0.2)
-            if not _group_alive(pid):
-                break
+        stop_group(pid, timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -341,43 +332,6 @@ class Stack:
 
 
 # ----------------------------------------------------------------------- helpers
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child if it exited
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live member of the process group (the serve process's flow runs, the server's workers)."""
-    if _alive(pgid):
-        return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _cmdline(pid: int) -> str:

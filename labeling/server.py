@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from cityloop.procs import stop_group
 
 LS_VERSION = "1.23.2"
 ENV_USER, ENV_PASSWORD, ENV_TOKEN, ENV_URL = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD",
@@ -202,16 +203,7 @@ class LabelStudioServer:
         pid = self.pid()
         if pid is None:
             return False
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.2)
-            if not _alive(pid):
-                break
+        stop_group(pid, timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -222,20 +214,6 @@ class LabelStudioServer:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child if it exited
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _port_busy(host: str, port: int) -> bool:

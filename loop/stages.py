@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from cityloop.procs import stop_group
 from cityloop.settings import load_params
 from loop.params import Lineage, LoopParams
 
@@ -95,17 +95,6 @@ def _pidfile(root: Path, name: str) -> Path:
     return Path(root) / ".cityloop" / "loop" / "pids" / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def _start(root: Path, name: str, argv: list[str]) -> int:
     """Start a detached process with its log under .cityloop/loop/logs (pid file beside)."""
     logs = Path(root) / ".cityloop" / "loop" / "logs"
@@ -124,13 +113,7 @@ def _stop(root: Path, name: str, timeout: float = 30.0) -> None:
     if not pf.exists():
         return
     pid = int(pf.read_text())
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+    stop_group(pid, timeout)
     pf.unlink(missing_ok=True)
 
 

@@ -6,6 +6,8 @@ import os
 import shutil
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +126,14 @@ def labelstudio(tmp_path_factory: pytest.TempPathFactory):
     server.start(timeout=300)
     yield server
     server.stop()
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, every: float = 0.2):
+    """Poll cond() until truthy; its value, or an AssertionError saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

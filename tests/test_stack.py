@@ -22,7 +22,7 @@ import requests
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, free_port, git, make_workspace
+from tests.conftest import REPO, free_port, git, make_workspace, wait_for
 
 EXPECTED = {"ingest/manual", "hard-examples/inbox", "label/on-hard-examples", "train/on-new-labels",
             "release/manual", "patrol/nightly", "weekly-report/weekly", "closed-loop/manual"}
@@ -43,16 +43,6 @@ def _api(api: str, method: str, path: str, body=None, tries: int = 8):
             return r.json() if r.content else None
         time.sleep(0.5 * (i + 1))
     r.raise_for_status()
-
-
-def _wait(fn, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = fn()
-        if out:
-            return out
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _deployment(api: str, name: str) -> dict:
@@ -132,7 +122,7 @@ def test_the_run_button_ingests_frames_into_a_new_dataset_version(stack, tmp_pat
         s = _api(api, "GET", f"/flow_runs/{run['id']}")["state"]
         return s if s["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    state = _wait(finished, 150, "the ingest run to finish")
+    state = wait_for(finished, 150, "the ingest run to finish")
     assert state["type"] == "COMPLETED", state.get("message")
     print(json.dumps({"ingest_run_seconds": round(time.monotonic() - t0, 1)}))
     versions = versioning.list_versions(root, "lab")
@@ -142,7 +132,7 @@ def test_the_run_button_ingests_frames_into_a_new_dataset_version(stack, tmp_pat
         ev = _api(api, "POST", "/events/filter", {"filter": {"event": {"name": ["cityloop.dataset.versioned"]}}})
         return [e for e in ev["events"] if e["payload"].get("version") == "lab@v1"]
 
-    ev = _wait(versioned_event, 30, "the cityloop.dataset.versioned event")[0]
+    ev = wait_for(versioned_event, 30, "the cityloop.dataset.versioned event")[0]
     assert ev["resource"]["prefect.resource.id"] == "cityloop.dataset.lab"
 
 
@@ -165,7 +155,7 @@ def test_events_trigger_runs_with_templated_parameters(stack):
               "label/on-hard-examples": {"data": "edge-hard@v3", "annotators": "people", "root": root}}
     for name, params in expect.items():
         dep = _deployment(api, name)
-        runs = _wait(lambda d=dep: _api(api, "POST", "/flow_runs/filter",
+        runs = wait_for(lambda d=dep: _api(api, "POST", "/flow_runs/filter",
                                         {"flow_runs": {"deployment_id": {"any_": [d["id"]]}}}),
                      45, f"a run of {name}", every=0.5)
         try:

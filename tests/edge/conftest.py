@@ -7,14 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from edge.node import node_dir, read_json
+from tests.conftest import wait_for  # noqa: F401  (the edge tests import it from here)
 
 CLI = str(Path(sys.executable).with_name("cityloop"))
 
@@ -28,17 +27,6 @@ def copy_workspace(src: Path, dst: Path, params: dict | None = None) -> Path:
             cur[section] = {**cur.get(section, {}), **values}
         (dst / "params.yaml").write_text(yaml.safe_dump(cur, sort_keys=False))
     return dst
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str, every: float = 0.2):
-    """Poll cond() until truthy; its value, or an AssertionError saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Nodes:
