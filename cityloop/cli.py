@@ -498,7 +498,10 @@ def _demo_loop(root: Path) -> None:
 
     out = closed_loop(root=str(root))
     s = out["summary"]
-    console.print(f"[bold]{s.get('ratio_text', 'active/random: no ratio (an arm did not reach the target)')}[/]")
+    none = f"active/random: no ratio at the target {s['target']} (no arm reached it)"
+    console.print(f"[bold]{s.get('ratio_text', none)}[/]")
+    if s.get("matched"):
+        console.print(f"[bold]Short of the target: {s['matched']['text']}[/]")
     for arm, a in s["arms"].items():
         console.print(f"  {arm}: final field mAP@0.5 {a['final_mAP50']}, labels {a['labels']}, "
                       f"labels to target {a['labels_to_target']}")

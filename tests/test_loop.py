@@ -43,6 +43,20 @@ def test_the_report_measures_how_many_more_labels_random_needed(tmp_path: Path):
     assert "random needed 2.03x the labels of active" in md and "| 1 | active-s0 | 300 |" in md
 
 
+def test_short_of_the_target_the_report_still_measures_label_efficiency(tmp_path: Path):
+    recs = [rec("active", 0, 0, 0, 0.3), rec("active", 0, 1, 200, 0.5), rec("active", 0, 2, 400, 0.6),
+            rec("random", 0, 0, 0, 0.3), rec("random", 0, 1, 200, 0.4), rec("random", 0, 2, 400, 0.5)]
+    s = summarize(recs, 0.9)
+    assert "ratio" not in s  # neither arm reached 0.9: no ratio at the target is claimed
+    assert s["matched"]["active_labels"] == pytest.approx(200) and s["matched"]["ratio"] == pytest.approx(2.0)
+    # an active arm worse than random is said as such, not as a gain
+    worse = summarize([*recs[3:], rec("active", 0, 0, 0, 0.3), rec("active", 0, 1, 200, 0.35),
+                       rec("active", 0, 2, 400, 0.45)], 0.9)
+    assert worse["matched"]["ratio"] is None and "did not reach" in worse["matched"]["text"]
+    md = Path(write_report(tmp_path, LoopParams(), recs, tmp_path / "loop")["markdown"]).read_text()
+    assert "with 200 labels against random's 400 (2.00x fewer)" in md
+
+
 def test_loop_params_name_bad_arms_and_keys():
     with pytest.raises(ValueError, match="loop.arms"):
         LoopParams.from_dict({"arms": ["active", "smart"]})
