@@ -82,6 +82,20 @@ def default_url(root: Path, template: str = "sqlite:///{root}/.cityloop/events/e
     return url
 
 
+def _create_tables(engine: sa.Engine, attempts: int = 5) -> None:
+    """CREATE TABLE IF missing. Edge nodes and patrol workers open one store at once: between one
+    process's check and its CREATE another may create the table ("already exists"); the retry's
+    check then finds it."""
+    for i in range(attempts):
+        try:
+            META.create_all(engine)
+            return
+        except sa.exc.OperationalError as e:
+            if "already exists" not in str(e) or i == attempts - 1:
+                raise
+            time.sleep(0.05 * (i + 1))
+
+
 class EventStore:
     """Events and their deliveries in one database."""
 
@@ -90,7 +104,7 @@ class EventStore:
         # SQLite: wait for a lock rather than fail when camera workers write at once
         args = {"timeout": 30} if url.startswith("sqlite") else {}
         self.engine = sa.create_engine(url, connect_args=args)
-        META.create_all(self.engine)
+        _create_tables(self.engine)
 
     def add(self, event: Event, sinks: list[str]) -> None:
         """Insert the event and one pending delivery per sink, in one transaction."""

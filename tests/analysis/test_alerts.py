@@ -91,3 +91,24 @@ def test_a_webhook_needs_its_secret(monkeypatch):
         build_sinks([{"type": "webhook", "url": "http://127.0.0.1:9/x"}])
     with pytest.raises(ValueError, match="unknown alert sink"):
         build_sinks([{"type": "pager"}])
+
+
+def test_nodes_opening_one_fresh_store_at_once_all_start(tmp_path: Path):
+    """Two edge nodes started together share one SQLite event store; one of them used to die with
+    "table deliveries already exists" (the loop's round 1 lost a node to it)."""
+    for trial in range(8):
+        url = f"sqlite:///{tmp_path}/events-{trial}.db"
+        errors: list[Exception] = []
+
+        def open_store(url: str = url, errors: list[Exception] = errors) -> None:
+            try:
+                EventStore(url)
+            except Exception as e:  # noqa: BLE001 — the assertion below names it
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
