@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cityloop.procs import stop_group
+from cityloop.procs import alive, stop_group
 from cityloop.settings import load_params
 from loop.params import Lineage, LoopParams
 
@@ -144,8 +145,21 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
         for s in mine:
             argv += ["--stream", s]
         _start(root, name, argv)
-    urls = deploy(Path(root), f.names, model, timeout)
+    try:
+        urls = deploy(Path(root), f.names, model, timeout)
+    except TimeoutError as e:  # say which node process died, with its log's last line
+        logs = Path(root) / ".cityloop" / "loop" / "logs"
+        dead = [f"{n} exited ({_last_line(logs / f'{n}.log')!r}; see {logs / f'{n}.log'})"
+                for n in f.names if not alive(int(_pidfile(root, n).read_text()))]
+        raise RuntimeError(f"{e}{': ' + '; '.join(dead) if dead else ''}") from e
     return {"nodes": f.names, "urls": urls, "model": model, "round": rnd}
+
+
+def _last_line(path: Path) -> str:
+    """The log's last exception line (e.g. "OperationalError: …"), else its last line."""
+    lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()] if path.exists() else []
+    errors = [x for x in lines if re.match(r"^[\w.]*(Error|Exception)\b", x)]
+    return (errors or lines or [""])[-1][-300:]
 
 
 def drain_edge(root: Path, p: LoopParams, timeout: float = 300.0) -> dict:
