@@ -35,6 +35,10 @@ class LoopParams:
     # disagrees with it by design, so agreement here only catches a broken deployment; the
     # registry's promotion gate judges accuracy on the benchmark set.
     release: dict[str, Any] = field(default_factory=lambda: {"min_agreement": 0.3})
+    # the promotion gate's target while the loop climbs (None: registry.target). A fine-tune that
+    # clears it, without a per-condition regression against production, goes to the field, so the
+    # edge nodes improve round by round instead of waiting for the final target.
+    promote_target: float | None = 0.3
     annotators: list[dict[str, Any]] | None = None  # default: labeling.annotators
     # simulator outputs (relative to the workspace) whose truth the scripted annotators also read:
     # the honeypots' source and frames already in the pool before the loop

@@ -136,7 +136,7 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
                     released = dec["action"] == "rolled_out"
                     serving = ft["model"] if released else serving
                 else:
-                    dec = timed("gate", f"{k}/gate", stages.gate, root, ft["model"])
+                    dec = timed("gate", f"{k}/gate", stages.gate, root, ft["model"], p)
                     released = False
                 labels[lin.key] += lab["tasks"]  # the annotation effort spent, accepted or not
                 current[lin.key], last[lin.key] = ft["model"], ev["mAP50"]

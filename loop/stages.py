@@ -130,7 +130,7 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
     """Start the center inbox and the nodes on this round's streams, serving `model` (production);
     the cameras are dealt to the nodes in turn. Returns when every node serves."""
     from edge.fleet import deploy
-    from edge.node import assign
+    from edge.node import assign, node_dir
 
     f = fleet(root, p)
     stop_edge(root, p)  # a killed earlier round may have left nodes behind
@@ -138,6 +138,8 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
     _start(root, "loop-inbox", [sys.executable, "-m", "edge.inbox", "--root", str(root), "--port", str(f.inbox_port)])
     cams = streams["cameras"]
     for k, (name, port) in enumerate(zip(f.names, f.ports)):
+        # the last round's nodes left "streams done" behind: a fresh node writes its own status
+        (node_dir(Path(root), name) / "status.json").unlink(missing_ok=True)
         assign(Path(root), name, model)
         mine = [f"{c}={Path(streams['streams']) / c / 'frames'}" for c in cams[k :: len(f.names)]]
         argv = [str(bin_dir / "cityloop"), "edge", "start", "--name", name, "--port", str(port),
@@ -294,11 +296,21 @@ def evaluate(root: Path, model: str) -> dict:
             "per_condition": {k: v.get("mAP50") for k, v in by.items()}, "per_class": m.get("per_class", {})}
 
 
-def gate(root: Path, model: str) -> dict:
-    """The registry's promotion gate (target, no condition regression, parity, latency)."""
+def loop_registry(root: Path, p: LoopParams):
+    """The registry with the loop's promotion target (`loop.promote_target`; None: registry.target)."""
+    import dataclasses as dc
+
     from models.package import registry_for
 
-    d = registry_for(Path(root)).promote(model).to_dict()
+    reg = registry_for(Path(root))
+    if p.promote_target is not None:
+        reg.params = dc.replace(reg.params, target=p.promote_target)
+    return reg
+
+
+def gate(root: Path, model: str, p: LoopParams) -> dict:
+    """The registry's promotion gate (target, no condition regression, parity, latency)."""
+    d = loop_registry(root, p).promote(model).to_dict()
     return {"promoted": d["promoted"], "reason": d["reason"]}
 
 
@@ -318,7 +330,7 @@ def release(root: Path, model: str, p: LoopParams) -> dict:
     cmp = rollout.compare(urls[pl.canary], prod_url, rollout.load_frames(Path(root), rp.frames, rp.max_frames),
                           rp.min_score)
     passed, checks = rollout.decide(cmp, rp)
-    d = rollout.finish(Path(root), pl, passed, checks, cmp, rp)
+    d = rollout.finish(Path(root), pl, passed, checks, cmp, rp, registry=loop_registry(root, p))
     return {"action": d.action, "reason": d.reason, "production": pl.production, "agreement": cmp.agreement,
             "seconds": round(time.perf_counter() - t0, 1)}
 
