@@ -73,6 +73,25 @@ def _record(lin: Lineage, rnd: int, labels: int, ev: dict, pt: dict, extra: dict
             "ttd_median_s": pt.get("ttd_median_s"), **extra}
 
 
+class LoopConflictError(RuntimeError):
+    """A new loop run would write into the projects and datasets of another one."""
+
+
+def check_fresh(root: Path, lins: list[Lineage], key: str) -> None:
+    """A run with other params must not continue another run's lineages: its label counts would
+    leave out the frames that one already labeled into the same datasets."""
+    from governance.versioning import list_versions
+
+    taken = [f"{v.id}" for lin in lins for v in list_versions(root, lin.dataset)[-1:]]
+    if taken:
+        others = sorted(x.parent.name for x in (root / ".cityloop" / "loop").glob("*/rounds.jsonl")
+                        if x.parent.name != key)
+        raise LoopConflictError(
+            f"loop run {key} is new, but its lineages' datasets already exist ({', '.join(taken)}) from "
+            f"another loop run{' (' + ', '.join(others) + ')' if others else ''}: the loop's params changed. "
+            "Set loop.tag (e.g. loop.tag: v2) to run a separate loop beside it, or go back to that run's params.")
+
+
 def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "scripted",
              say: Callable[[str], None] = print) -> dict:
     """Round 0 (the lab-trained base model, on the edge nodes) and up to `p.rounds` labeling
@@ -83,6 +102,8 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
     key = run_key(p, annotators)
     st = LoopState(root, key)
     lins = lineages(p)
+    if not st.done:
+        check_fresh(root, lins, key)
     main = next(x for x in lins if x.main)
     run = lambda k, name, fn, *a: st.run(call, k, name, fn, *a)  # noqa: E731
     timings: dict[str, float] = {}
@@ -143,7 +164,8 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
                 st.add_record(_record(lin, rnd, labels[lin.key], ev, pt, {
                     "data": lab["version"], "released": released, "decision": dec.get("reason"),
                     "accepted": lab["accepted"], "rejected": lab["rejected"], "agreement": lab["agreement"],
-                    "train_s": ft["seconds"]["train"], "steps": ft["steps"]}))
+                    "train_s": ft["seconds"]["train"], "steps": ft["steps"],
+                    "hard_examples": hard["hard_examples_new"] if lin.main and edge_on else None}))
                 say(f"round {rnd} {lin.key}: {lab['tasks']} frames labeled, {lab['accepted']} accepted → "
                     f"{lab['version']} (total {labels[lin.key]}), "
                     f"{ft['model']} field mAP@0.5 {ev['mAP50']:.3f}, events P/R {_f(pt.get('event_precision'))}/"

@@ -143,6 +143,7 @@ def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: 
     assert (manifest["source"] == "edge-hard").sum() > 0
     main = [r for r in recs if r["lineage"] == "active-s0" and r["round"] > 0]
     assert all(r["decision"] for r in main)
+    assert all(r["hard_examples"] > 0 for r in main), [r["hard_examples"] for r in main]  # each round's own
     events = [e for e in reg.events() if e.get("id") in {r["model"] for r in main}]
     assert any(e["event"] in ("promoted", "promotion_refused") for e in events)
     # the report: the curve, the table, the summary with both arms
@@ -153,3 +154,8 @@ def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: 
     from edge.fleet import up_nodes
 
     assert up_nodes(root) == []
+    # a loop with other params refuses to write into these lineages' datasets (its counts would be wrong)
+    from loop.runner import LoopConflictError, run_loop
+
+    with pytest.raises(LoopConflictError, match="loop.tag"):
+        run_loop(root, LoopParams.from_dict({**params["loop"], "budget": 20}))
