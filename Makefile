@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME ?= $(CURDIR)/.cityloop/prefect
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install demo up down test test-fast bench lint clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -41,9 +41,16 @@ $(CHROMIUM):
 
 install: $(STAMP) $(LS_STAMP) $(CHROMIUM) ## Create .venv (+ Label Studio's own venv, Chromium) with pinned dependencies
 
-demo: install ## Simulate → gate → DVC version → train → ONNX → registry → gate → one Label Studio batch
+demo: install ## Simulate → gate → DVC version → train → ONNX → registry, then the closed loop (active vs random)
 	@mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/cityloop demo
+
+up: install ## The control room: Prefect server + UI, the deployments, Label Studio (cityloop up)
+	@mkdir -p "$(PREFECT_HOME)"
+	$(BIN)/cityloop up
+
+down: ## Stop the control room (cityloop down); data stays
+	$(BIN)/cityloop down
 
 test: install ## Run the whole test suite (slow tests included)
 	@mkdir -p "$(PREFECT_HOME)"
@@ -69,5 +76,7 @@ bench: install ## Benchmarks (figures go to benchmarks/results.md)
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 
-clean: ## Remove generated data and state (keeps .venv)
-	rm -rf .cityloop reports data/raw data/frames data/datasets data/quarantine data/*.dvc
+clean: ## Remove generated data, models and state, and the dataset-version tags (keeps .venv)
+	rm -rf .cityloop reports data/raw data/frames data/datasets data/quarantine data/models data/inbox data/*.dvc
+	git tag -l 'data/*' | xargs -r git tag -d >/dev/null
+	git branch -D cityloop/data 2>/dev/null || true
