@@ -50,6 +50,9 @@ def start(
     loop: Annotated[bool, typer.Option(help="Replay streams when they end.")] = False,
     max_fps: Annotated[float, typer.Option(help="Frame rate cap over all streams (0: none).")] = 0.0,
     sink: Annotated[str | None, typer.Option(help="Analysis sink module:object (default: detections.jsonl).")] = None,
+    budget_per_hour: Annotated[int | None, typer.Option(
+        min=0, help="Most hard examples selected per hour (default: edge.select.budget_per_hour; 0: no cap).",
+    )] = None,
     shadow: Annotated[str | None, typer.Option(
         help="Second model version run in-process; frames where the two disagree become hard examples.")] = None,
 ) -> None:
@@ -67,8 +70,11 @@ def start(
     ep = dict(params.get("edge", {}))
     if read_json(node_dir(root, name) / "assignment.json") is None or model:
         assign(root, name, model or _default_version(root))
+    select = SelectParams.from_dict(ep.pop("select", None))
+    if budget_per_hour is not None:
+        select.budget_per_hour = budget_per_hour
     cfg = NodeConfig(root=root, name=name, port=port, streams=list(stream or []), center=center, loop=loop,
-                     max_fps=max_fps, select=SelectParams.from_dict(ep.pop("select", None)), sink=sink, shadow=shadow,
+                     max_fps=max_fps, select=select, sink=sink, shadow=shadow,
                      serve_env=serve_env(params.get("serve")),
                      **{k: ep[k] for k in ("upload_batch", "upload_interval_s", "heartbeat_s", "stale_s") if k in ep})
     EdgeNode(cfg).run()

@@ -270,7 +270,8 @@ class EdgeNode:
         # the encoded frame too: the analysis layer keeps it as the snapshot of an event it raises
         sink.on_detections(frame.camera_id, frame.ts, frame.index, dets, result["model_version"], image=frame.data)
         pick = self.selector.select(frame.camera_id, frame.data, dets, self.shadow_detections(frame.data))
-        if pick and outbox.selected_since(time.time() - 3600) < self.cfg.select.budget_per_hour:
+        budget = self.cfg.select.budget_per_hour  # 0: no cap
+        if pick and (not budget or outbox.selected_since(time.time() - 3600) < budget):
             reason, score = pick
             if outbox.add(HardExample(frame.camera_id, result["model_version"], reason, score, frame.ts,
                                       frame.index, frame.data)):

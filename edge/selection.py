@@ -22,7 +22,7 @@ class SelectParams:
     disagreement_max: float = 0.6  # agreement (IoU 0.5 box F1) between versions below this: select
     novelty_min: float = 0.35  # distance of the frame's thumbnail to every recent one above this: select
     novelty_memory: int = 256  # thumbnails remembered per camera
-    budget_per_hour: int = 120  # hard examples a node may select per hour
+    budget_per_hour: int = 120  # hard examples a node may select per hour (0: no cap)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> SelectParams:

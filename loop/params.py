@@ -26,6 +26,9 @@ class LoopParams:
     train: dict[str, Any] = field(default_factory=dict)  # overrides of `train:` for fine-tunes
     edge: bool = True  # main lineage only: edge nodes stream, send hard examples, receive releases
     nodes: int = 2
+    # the nodes' hard-example cap per hour (edge.select.budget_per_hour; 0: none): a round stands for
+    # a day of streams played in a minute, so the hourly cap of the field would starve round 2 on
+    edge_budget_per_hour: int | None = 0
     base_port: int = 8731  # edge node k serves on base_port + k; the inbox on base_port - 1
     cameras: int = 4  # field video streams per round (nightly patrol's clips)
     seconds: float = 60.0

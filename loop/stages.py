@@ -144,6 +144,8 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
         mine = [f"{c}={Path(streams['streams']) / c / 'frames'}" for c in cams[k :: len(f.names)]]
         argv = [str(bin_dir / "cityloop"), "edge", "start", "--name", name, "--port", str(port),
                 "--center", f.center, "--sink", "analysis.sink:edge_sink"]
+        if p.edge_budget_per_hour is not None:
+            argv += ["--budget-per-hour", str(p.edge_budget_per_hour)]
         for s in mine:
             argv += ["--stream", s]
         _start(root, name, argv)
