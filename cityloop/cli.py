@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -461,13 +462,17 @@ def demo(
     train: Annotated[bool, typer.Option(help="Also train on lab, register, and run the promotion gate.")] = True,
     loop: Annotated[bool, typer.Option(help="Then run the closed loop (Label Studio, edge nodes, rounds).")] = True,
     label: Annotated[bool, typer.Option(help="Without the loop: one labeling batch in Label Studio instead.")] = True,
+    stack: Annotated[bool, typer.Option(help="Run against the local stack (cityloop up), so the runs stay in its "
+                                        "Prefect UI; off: a temporary Prefect server.")] = True,
 ) -> None:
     """The main job on embedded defaults: simulate → gate → version, train → ONNX → registry → gate,
     then the closed loop (active arm beside the random control arm) until the field target."""
+    root = find_root()
+    if stack and not os.environ.get("PREFECT_API_URL"):
+        _demo_stack(root)  # before Prefect is imported: it reads PREFECT_API_URL once, at import
     from flows.governance import governance_demo
     from governance import versioning
 
-    root = find_root()
     records = governance_demo(root=str(root), frames=frames)
     console.print(versions_table(versioning.list_versions(root)))
     ids = ", ".join(r["version"] for r in records)
@@ -489,10 +494,22 @@ def demo(
         _demo_labeling(root, out["model"])
 
 
+def _demo_stack(root: Path) -> None:
+    """Start (or find) the control room and point this process's flows at its Prefect server."""
+    from cityloop.stack import Stack, StackError
+
+    st = Stack(root)
+    try:
+        st.up(say=lambda m: console.print(f"[dim]{m}[/]"))
+    except StackError as exc:  # e.g. port 4200 taken: the demo still runs, on a temporary server
+        err.print(f"[yellow]the local stack did not start ({exc}); running on a temporary Prefect server[/]")
+        return
+    os.environ["PREFECT_API_URL"] = st.api_url
+    console.print(f"Prefect UI: {st.url} (runs and deployments; stop the stack with: cityloop down)")
+
+
 def _demo_loop(root: Path) -> None:
     """The closed loop as the Prefect flow closed-loop, then where to look."""
-    import os
-
     from flows.loop import closed_loop
     from labeling.server import LabelStudioServer
 
@@ -506,11 +523,14 @@ def _demo_loop(root: Path) -> None:
         console.print(f"  {arm}: final field mAP@0.5 {a['final_mAP50']}, labels {a['labels']}, "
                       f"labels to target {a['labels_to_target']}")
     ls = LabelStudioServer(root, port=(load_params(root).get("labeling") or {}).get("port", 8089))
+    api = os.environ.get("PREFECT_API_URL")
+    prefect = (api.removesuffix("/api") + "/runs" if api else
+               "a temporary server, gone with the demo (make demo runs against cityloop up's, which stays)")
     console.print(f"Loop report: {s['markdown']} (curve {s['png']})\n"
                   f"Data Docs: {root / 'reports' / 'datadocs' / 'index.html'}\n"
                   f"Label Studio projects: {ls.url}/projects (login in .cityloop/labelstudio/credentials.env)\n"
-                  f"Prefect runs: {os.environ.get('PREFECT_API_URL') or 'cityloop up, then http://127.0.0.1:4200/runs'}"
-                  "\nStop Label Studio with: cityloop labelstudio down")
+                  f"Prefect runs: {prefect}\nStop Label Studio with: cityloop labelstudio down"
+                  + (" (or all of the stack: cityloop down)" if api else ""))
 
 
 def _demo_labeling(root: Path, model: str) -> None:
