@@ -165,12 +165,12 @@ def decide(cmp: Comparison, p: ReleaseParams) -> tuple[bool, list[dict]]:
 
 
 def finish(root: Path, pl: Plan, passed: bool, checks: list[dict], cmp: Comparison,
-           p: ReleaseParams, registry=None) -> ReleaseDecision:
+           p: ReleaseParams, gate_registry=None) -> ReleaseDecision:
     """Roll out to all nodes + promote, or roll the canary back + record why (all through Registry;
-    `registry`: one with other gate params, e.g. the closed loop's target while it climbs)."""
+    `gate_registry`: one with other gate params, e.g. the closed loop's target while it climbs)."""
     from models.package import registry_for
 
-    reg = registry or registry_for(Path(root))
+    reg = gate_registry or registry_for(Path(root))
     name = pl.candidate.split(":", 1)[0]
     numbers = "; ".join(f"{c['name']} {_fmt(c['value'])} vs {_fmt(c['threshold'])}" for c in checks)
     registry: dict = {}

@@ -300,14 +300,9 @@ def evaluate(root: Path, model: str) -> dict:
 
 def loop_registry(root: Path, p: LoopParams):
     """The registry with the loop's promotion target (`loop.promote_target`; None: registry.target)."""
-    import dataclasses as dc
-
     from models.package import registry_for
 
-    reg = registry_for(Path(root))
-    if p.promote_target is not None:
-        reg.params = dc.replace(reg.params, target=p.promote_target)
-    return reg
+    return registry_for(Path(root), **({} if p.promote_target is None else {"target": p.promote_target}))
 
 
 def gate(root: Path, model: str, p: LoopParams) -> dict:
@@ -332,7 +327,7 @@ def release(root: Path, model: str, p: LoopParams) -> dict:
     cmp = rollout.compare(urls[pl.canary], prod_url, rollout.load_frames(Path(root), rp.frames, rp.max_frames),
                           rp.min_score)
     passed, checks = rollout.decide(cmp, rp)
-    d = rollout.finish(Path(root), pl, passed, checks, cmp, rp, registry=loop_registry(root, p))
+    d = rollout.finish(Path(root), pl, passed, checks, cmp, rp, gate_registry=loop_registry(root, p))
     return {"action": d.action, "reason": d.reason, "production": pl.production, "agreement": cmp.agreement,
             "seconds": round(time.perf_counter() - t0, 1)}
 

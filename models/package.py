@@ -67,12 +67,12 @@ def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, 
 # call them through `cityloop stage …`.
 
 
-def registry_for(root: Path):
-    """The workspace's registry with the `registry:` params."""
+def registry_for(root: Path, **overrides):
+    """The workspace's registry with the `registry:` params (`overrides` replace some, e.g. target)."""
     from cityloop.settings import load_params
     from models.registry import Registry, RegistryParams
 
-    return Registry(Path(root), RegistryParams.from_dict(load_params(Path(root)).get("registry", {})))
+    return Registry(Path(root), RegistryParams.from_dict({**load_params(Path(root)).get("registry", {}), **overrides}))
 
 
 def train_step(root: Path, data: str, params: dict, parent: str | None = None, runs_dir: Path | None = None,

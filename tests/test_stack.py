@@ -122,7 +122,7 @@ def test_the_run_button_ingests_frames_into_a_new_dataset_version(stack, tmp_pat
         s = _api(api, "GET", f"/flow_runs/{run['id']}")["state"]
         return s if s["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    state = wait_for(finished, 150, "the ingest run to finish")
+    state = wait_for(finished, 150, "the ingest run to finish", every=1.0)
     assert state["type"] == "COMPLETED", state.get("message")
     print(json.dumps({"ingest_run_seconds": round(time.monotonic() - t0, 1)}))
     versions = versioning.list_versions(root, "lab")
@@ -132,7 +132,7 @@ def test_the_run_button_ingests_frames_into_a_new_dataset_version(stack, tmp_pat
         ev = _api(api, "POST", "/events/filter", {"filter": {"event": {"name": ["cityloop.dataset.versioned"]}}})
         return [e for e in ev["events"] if e["payload"].get("version") == "lab@v1"]
 
-    ev = wait_for(versioned_event, 30, "the cityloop.dataset.versioned event")[0]
+    ev = wait_for(versioned_event, 30, "the cityloop.dataset.versioned event", every=1.0)[0]
     assert ev["resource"]["prefect.resource.id"] == "cityloop.dataset.lab"
 
 
@@ -156,8 +156,8 @@ def test_events_trigger_runs_with_templated_parameters(stack):
     for name, params in expect.items():
         dep = _deployment(api, name)
         runs = wait_for(lambda d=dep: _api(api, "POST", "/flow_runs/filter",
-                                        {"flow_runs": {"deployment_id": {"any_": [d["id"]]}}}),
-                     45, f"a run of {name}", every=0.5)
+                                           {"flow_runs": {"deployment_id": {"any_": [d["id"]]}}}),
+                        45, f"a run of {name}", every=0.5)
         try:
             assert len(runs) == 1, [r["parameters"] for r in runs]  # lab@v9 started no training
             assert {k: runs[0]["parameters"].get(k) for k in params} == params
