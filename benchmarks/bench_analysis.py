@@ -20,13 +20,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchkit import Row, command_line, finish, fmt, loadavg, log, machine_facts  # noqa: E402
+from cityloop.models.runtime import decode_image  # noqa: E402
 
-from analysis.params import AnalysisParams  # noqa: E402
-from analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
-from analysis.rules import SCENARIOS  # noqa: E402
-from analysis.zones import read_cameras  # noqa: E402
-from models.runtime import decode_image  # noqa: E402
-from scenes.video import generate_video  # noqa: E402
+from cityloop.analysis.params import AnalysisParams  # noqa: E402
+from cityloop.analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
+from cityloop.analysis.rules import SCENARIOS  # noqa: E402
+from cityloop.analysis.zones import read_cameras  # noqa: E402
+from cityloop.scenes.video import generate_video  # noqa: E402
 
 SECTION = "## Video analysis"
 RATES = {"riders": 6.0, "p_no_helmet": 0.5, "cars": 4.0, "pedestrians": 4.0, "parking": 2.0, "garbage": 2.0,

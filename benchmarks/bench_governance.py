@@ -36,9 +36,9 @@ from pathlib import Path
 import yaml
 from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
 
-from governance.gate import GateParams
-from governance.repository import Candidate, DataRepository
-from scenes.frames import generate_frames, iter_frames
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import Candidate, DataRepository
+from cityloop.scenes.frames import generate_frames, iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_FRAMES = 2000

@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
+from cityloop.labeling.server import LS_VERSION  # noqa: E402
 
-from cityloop.settings import quiet_env  # noqa: E402
-from labeling.server import LS_VERSION  # noqa: E402
+from cityloop.core.settings import quiet_env  # noqa: E402
 
 SECTION = "## Labeling"
 
@@ -36,16 +36,17 @@ def free_port() -> int:
 
 
 def run(tmp: Path, n_tasks: int) -> list[Row]:
-    from governance.gate import GateParams
-    from governance.repository import DataRepository
-    from labeling.annotator import ErrorModel, run_team, truth_from_folder
-    from labeling.project import LabelingProject, client
-    from labeling.pull import pull
-    from labeling.push import PushParams, label_classes, push
-    from labeling.server import LabelStudioServer
-    from models.registry import Registry
-    from models.runtime import OnnxDetector
-    from scenes.frames import generate_frames
+    from cityloop.labeling.annotator import ErrorModel, run_team, truth_from_folder
+    from cityloop.labeling.project import LabelingProject, client
+    from cityloop.labeling.pull import pull
+    from cityloop.labeling.push import PushParams, label_classes, push
+    from cityloop.labeling.server import LabelStudioServer
+    from cityloop.models.registry import Registry
+    from cityloop.models.runtime import OnnxDetector
+
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
+    from cityloop.scenes.frames import generate_frames
     from tests.conftest import build_model_workspace
 
     log("building a trained workspace (tiny model, about 30 s)")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
 
-from cityloop.settings import quiet_env  # noqa: E402
+from cityloop.core.settings import quiet_env  # noqa: E402
 
 SECTION = "## Closed loop"
 
@@ -49,8 +49,9 @@ def configure(ws: Path, ls, budget: int, edge: bool, port: int) -> None:
 
 def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
     """Wall seconds of the round, seconds per stage, stage calls."""
-    from flows.loop import loop_params, prefect_call
-    from loop.runner import direct, run_loop
+    from cityloop.flows.loop import loop_params, prefect_call
+
+    from cityloop.loop.runner import direct, run_loop
 
     os.environ["CITYLOOP_ROOT"] = str(ws)
     p = loop_params(str(ws))
@@ -78,8 +79,9 @@ def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
 
 
 def run(tmp: Path, budget: int, edge: bool) -> list[Row]:
-    from bento.serving import free_port
-    from labeling.server import LabelStudioServer
+    from cityloop.bento.serving import free_port
+    from cityloop.labeling.server import LabelStudioServer
+
     from tests.conftest import build_model_workspace
 
     log("building a trained workspace (tiny model) …")

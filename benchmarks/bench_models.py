@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
+from cityloop.models.card import ModelCard
+from cityloop.models.components.detector import Detector, DetectorConfig
+from cityloop.models.export import check_parity, export_onnx, quantize_int8, torch_outputs
+from cityloop.models.runtime import OnnxDetector, decode_image, preprocess
 
-from models.card import ModelCard
-from models.components.detector import Detector, DetectorConfig
-from models.export import check_parity, export_onnx, quantize_int8, torch_outputs
-from models.runtime import OnnxDetector, decode_image, preprocess
-from scenes.frames import iter_frames
+from cityloop.scenes.frames import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Models"
@@ -78,7 +78,7 @@ def load_model(weights: Path | None) -> Detector:
 
 
 def make_card(model: Detector) -> ModelCard:
-    from governance.schema import CLASSES  # platform classes: the default Detector's 7 outputs
+    from cityloop.governance.schema import CLASSES  # platform classes: the default Detector's 7 outputs
 
     n = model.cfg.num_classes
     classes = list(CLASSES[:n]) if n <= len(CLASSES) else [f"class{i}" for i in range(n)]
@@ -166,7 +166,7 @@ def bench_training(model: Detector, card: ModelCard, images: list[np.ndarray], i
 def eval_map(fp32: Path, int8: Path, card: ModelCard, images_dir: Path, coco_file: Path,
              threads: int) -> tuple[dict, dict, int]:
     """mAP of FP32 and INT8 on a COCO-annotated image folder (models.evaluate does the scoring)."""
-    from models.evaluate import evaluate
+    from cityloop.models.evaluate import evaluate
 
     gt = json.loads(coco_file.read_text())
     ids = [im["id"] for im in gt["images"]]

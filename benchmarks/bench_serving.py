@@ -29,10 +29,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
-
-from bento.serving import free_port, start_server, stop_server  # noqa: E402
-from models.registry import Registry  # noqa: E402
-from models.runtime import OnnxDetector, decode_image  # noqa: E402
+from cityloop.bento.serving import free_port, start_server, stop_server  # noqa: E402
+from cityloop.models.registry import Registry  # noqa: E402
+from cityloop.models.runtime import OnnxDetector, decode_image  # noqa: E402
 
 SECTION = "## Serving"
 
@@ -75,7 +74,7 @@ async def _load(url: str, endpoint: str, bodies: list[dict], concurrency: int, n
 
 def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int) -> float:
     """img/s of bytes -> decode -> preprocess -> onnxruntime -> decode boxes, in this process."""
-    from models.card import ModelCard
+    from cityloop.models.card import ModelCard
 
     det = OnnxDetector(model_dir / "model.onnx", ModelCard.load(model_dir / "card.json"), threads)
     det.detect([decode_image(b) for b in frames[:batch]], batch)
@@ -99,7 +98,7 @@ def tree_rss_mib(pid: int) -> float:
 
 def edge_node_memory(root: Path, model_id: str, frames_dir: Path, seconds: float) -> tuple[float, float, float]:
     """(node MiB, server MiB, fps) of a real `cityloop edge start` node streaming a frame folder."""
-    from edge.node import node_dir, read_json
+    from cityloop.edge.node import node_dir, read_json
 
     cli = str(Path(sys.executable).with_name("cityloop"))
     env = {**os.environ, "CITYLOOP_ROOT": str(root)}
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     tmp = Path(tempfile.mkdtemp(prefix="cityloop-bench-serving-"))
     try:
         if not frames:
-            from scenes.frames import generate_frames
+            from cityloop.scenes.frames import generate_frames
 
             log(f"rendering {args.frames} field frames (not timed)")
             generate_frames("field", args.frames, 7, tmp / "frames")

@@ -16,15 +16,25 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
+from cityloop.models.registry import Registry
 
-from models.registry import Registry
+# The modules the bento carries, found in the installed package (editable or not), and where they go
+# in the build context: the same import paths as here (`cityloop.bento.service:Detector`).
+CODE = (("cityloop", "__init__.py"), ("cityloop.bento", "__init__.py"), ("cityloop.bento", "service.py"),
+        ("cityloop.models", "__init__.py"), ("cityloop.models", "card.py"), ("cityloop.models", "runtime.py"))
 
-PKG = Path(__file__).resolve().parent
-REPO = PKG.parent
-CODE = ("bento/__init__.py", "bento/service.py", "models/__init__.py", "models/card.py", "models/runtime.py")
+
+def _code_files() -> list[tuple[str, bytes]]:
+    """(path in the bento, bytes) of each module in CODE."""
+    return [(f"{pkg.replace('.', '/')}/{name}", (resources.files(pkg) / name).read_bytes()) for pkg, name in CODE]
+
+
+def _bentofile() -> bytes:
+    return (resources.files("cityloop.bento") / "bentofile.yaml").read_bytes()
 
 
 @dataclass
@@ -59,8 +69,11 @@ def bento_tag(model_id: str, model_dir: Path) -> str:
     """`cityloop-detector:v3-<hash>`: the version number plus a hash of the model and the code."""
     name, ref = model_id.split(":", 1)
     h = hashlib.sha256()
-    for p in [model_dir / "model.onnx", model_dir / "card.json", PKG / "bentofile.yaml", *(REPO / c for c in CODE)]:
+    for p in [model_dir / "model.onnx", model_dir / "card.json"]:
         h.update(p.read_bytes())
+    h.update(_bentofile())
+    for _, code in _code_files():
+        h.update(code)
     return f"{name}:{ref}-{h.hexdigest()[:10]}"
 
 
@@ -68,13 +81,14 @@ def build_context(model_dir: Path, ctx: Path) -> Path:
     """A build folder with only what the bento needs; returns its bentofile.yaml."""
     if ctx.exists():
         shutil.rmtree(ctx)
-    for rel in CODE:
+    for rel, code in _code_files():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / rel, ctx / rel)
-    (ctx / "bento" / "model").mkdir()
+        (ctx / rel).write_bytes(code)
+    model = ctx / "cityloop" / "bento" / "model"
+    model.mkdir()
     for f in ("model.onnx", "card.json"):
-        shutil.copyfile(model_dir / f, ctx / "bento" / "model" / f)
-    shutil.copyfile(PKG / "bentofile.yaml", ctx / "bentofile.yaml")
+        shutil.copyfile(model_dir / f, model / f)
+    (ctx / "bentofile.yaml").write_bytes(_bentofile())
     return ctx / "bentofile.yaml"
 
 

@@ -21,10 +21,9 @@ from typing import Annotated
 
 import bentoml
 import numpy as np
+from cityloop.models.card import ModelCard
+from cityloop.models.runtime import OnnxDetector, decode_image
 from pydantic import AfterValidator, BaseModel, Field
-
-from models.card import ModelCard
-from models.runtime import OnnxDetector, decode_image
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from cityloop.bento.build import bento_env, bentoml_bin
 
-from bento.build import bento_env, bentoml_bin
-
-SERVICE = "bento.service:Detector"
+SERVICE = "cityloop.bento.service:Detector"
 
 
 class ServingError(RuntimeError):
@@ -102,8 +101,8 @@ def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path |
         env["CITYLOOP_MODEL_DIR"] = str(Path(model_dir).resolve())
     log_path = Path(log_path or Path(root) / ".cityloop" / "logs" / f"serve-{port}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    # the service file's import root; a bento tag brings its own code, so run it from elsewhere
-    cwd = Path(__file__).resolve().parents[1] if target == SERVICE else log_path.parent
+    # the service module comes from the installed package; a bento tag brings its own code
+    cwd = log_path.parent
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([bentoml_bin(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import requests
 
-from cityloop.procs import alive, stop_group
-from cityloop.settings import QUIET_ENV, from_section, load_params
+from cityloop.core.procs import alive, stop_group
+from cityloop.core.settings import QUIET_ENV, from_section, load_params
 
 HOST = "127.0.0.1"
 READY_FILE = "deployments.json"  # the serve process writes the deployment names here, then registers them
@@ -159,7 +159,7 @@ class Stack:
         self.ls_port = labelstudio_port or last.get("labelstudio_port") or ls_default
         self.url = f"http://{HOST}:{self.port}"
         self.api_url = f"{self.url}/api"
-        code = Path(__file__).resolve().parents[1]  # the tree holding flows/ (deployment entrypoints are relative)
+        code = self.root  # deployment entrypoints are paths relative to the workspace (flows/x.py:flow)
         base = self._env()
         prefect = Path(sys.executable).with_name("prefect")
         self.server = ManagedProcess(
@@ -168,9 +168,9 @@ class Stack:
              "--host", HOST, "--port", str(self.port), "--analytics-off"],
             {**base, "PREFECT_UI_API_URL": self.api_url}, self.state, "prefect")
         self.serve = ManagedProcess(
-            "serve", self.state, [sys.executable, "-m", "flows.deployments"],
+            "serve", self.state, [sys.executable, "-m", "cityloop.flows.deployments"],
             {**base, "PREFECT_API_URL": self.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": str(self.params.poll_seconds)},
-            code, "flows.deployments")
+            code, "cityloop.flows.deployments")
 
     # ------------------------------------------------------------- helpers
     def _last(self) -> dict:
@@ -189,7 +189,7 @@ class Stack:
         return env
 
     def labelstudio(self):
-        from labeling.server import LabelStudioServer
+        from cityloop.labeling.server import LabelStudioServer
 
         return LabelStudioServer(self.root, port=self.ls_port)
 
@@ -276,7 +276,7 @@ class Stack:
                                                            "labelstudio": bool(labelstudio)}))
         if labelstudio:
             say(f"starting (or finding) Label Studio on http://{HOST}:{self.ls_port}")
-            from labeling.server import LabelStudioError
+            from cityloop.labeling.server import LabelStudioError
 
             try:
                 self.labelstudio().start()

@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from cityloop.settings import find_root, load_params
-from governance.gate import GateParams, GateResult
-from governance.repository import Candidate, DataRepository, GateFailed
-from scenes.frames import generate_frames
+from cityloop.core.settings import find_root, load_params
+from cityloop.governance.gate import GateParams, GateResult
+from cityloop.governance.repository import Candidate, DataRepository, GateFailed
+from cityloop.scenes.frames import generate_frames
 
 DATASET_EVENT = "cityloop.dataset.versioned"  # resource cityloop.dataset.<name>, payload version (train trigger)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
-from cityloop.settings import find_root
+from cityloop.core.settings import find_root
 
 HARD_INGESTED_EVENT, HARD_READY_EVENT = "cityloop.hard-examples.ingested", "cityloop.hard-examples.ready"
 
@@ -22,7 +22,7 @@ HARD_INGESTED_EVENT, HARD_READY_EVENT = "cityloop.hard-examples.ingested", "city
 @task(name="inbox-ingest", retries=2, retry_delay_seconds=5)
 def inbox_ingest_task(root: str, dataset: str, push: bool) -> dict:
     """Every complete inbox example through the gate into `dataset` (split pool); idempotent by sha256."""
-    from edge.inbox import inbox_ingest
+    from cityloop.edge.inbox import inbox_ingest
 
     res = inbox_ingest(Path(root), dataset, push=push)
     published = res.version.summary.get("ingest", {}).get("id") == res.ingest_id
@@ -61,7 +61,7 @@ def hard_examples_flow(dataset: str = "edge-hard", min_frames: int = 300, push: 
         push: push the version to the DVC remote.
         root: workspace (default: the git top level of the working directory).
     """
-    from flows.governance import emit_dataset_versioned
+    from cityloop.flows.governance import emit_dataset_versioned
 
     root = str(Path(root or find_root()).resolve())
     out = inbox_ingest_task(root, dataset, push)

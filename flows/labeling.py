@@ -12,13 +12,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from cityloop.settings import find_root
+from cityloop.core.settings import find_root
 
 LABEL_EVENT, READY_EVENT = "cityloop.label.created", "cityloop.labels.ready"
 
 
 def _open(root: str):
-    from labeling.settings import open_workspace
+    from cityloop.labeling.settings import open_workspace
 
     return open_workspace(Path(root))
 
@@ -26,9 +26,9 @@ def _open(root: str):
 @task(name="push")
 def push_task(root: str, data: str, model: str, budget: int | None, strategy: str | None) -> dict:
     """Score the pool, select the batch, import it with pre-annotations and honeypots."""
-    from labeling.push import label_classes, labeled_elsewhere, push
-    from models.registry import Registry
-    from models.runtime import OnnxDetector
+    from cityloop.labeling.push import label_classes, labeled_elsewhere, push
+    from cityloop.models.registry import Registry
+    from cityloop.models.runtime import OnnxDetector
 
     params, project, repo, _ = _open(root)
     mv = Registry(Path(root)).get(model)
@@ -42,7 +42,7 @@ def push_task(root: str, data: str, model: str, budget: int | None, strategy: st
 @task(name="scripted-annotators")
 def annotate_task(root: str, truth: list[str]) -> list[dict]:
     """The scripted annotators of params labeling.annotators label the open tasks."""
-    from labeling.annotator import run_team, truth_from_folder
+    from cityloop.labeling.annotator import run_team, truth_from_folder
 
     params, project, _, _ = _open(root)
     gt: dict = {}
@@ -54,7 +54,7 @@ def annotate_task(root: str, truth: list[str]) -> list[dict]:
 @task(name="wait")
 def wait_task(root: str, task_ids: list[int], timeout: float) -> dict:
     """Until every task of the batch is annotated or skipped, or the timeout."""
-    from labeling.status import wait_until_labeled
+    from cityloop.labeling.status import wait_until_labeled
 
     _, project, _, _ = _open(root)
     return wait_until_labeled(project, task_ids, timeout)
@@ -63,12 +63,12 @@ def wait_task(root: str, task_ids: list[int], timeout: float) -> dict:
 @task(name="pull")
 def pull_task(root: str, into: str | None) -> dict:
     """Export, assess annotators, gate the batch, ingest accepted tasks as a new dataset version."""
-    from labeling.pull import pull
+    from cityloop.labeling.pull import pull
 
     params, project, repo, gate = _open(root)
     res = pull(project, repo, into or params.dataset, gate, params.min_agreement, params.iou, params.split)
     if res.version and res.accepted:  # a new labeled version: the train trigger's event
-        from flows.governance import emit_dataset_versioned
+        from cityloop.flows.governance import emit_dataset_versioned
 
         emit_dataset_versioned({"version": res.version, "frames": len(res.accepted), "new_frames": res.new_frames})
     return res.to_dict()
@@ -128,8 +128,9 @@ def label_flow(data: str = "field-pool@latest", model: str = "cityloop-detector:
 @task(name="pool")
 def pool_task(root: str, frames: int, seed: int) -> str:
     """A field pool as cameras deliver it: simulator frames ingested unlabeled (truth kept aside)."""
-    from governance import versioning
-    from labeling.demo import make_pool
+    from cityloop.labeling.demo import make_pool
+
+    from cityloop.governance import versioning
 
     existing = versioning.list_versions(Path(root), "field-pool")
     return existing[-1].id if existing else make_pool(Path(root), frames, seed)
@@ -138,7 +139,7 @@ def pool_task(root: str, frames: int, seed: int) -> str:
 @task(name="labelstudio-up")
 def labelstudio_task(root: str, port: int) -> str:
     """Start (or find) the workspace's Label Studio server."""
-    from labeling.server import LabelStudioServer
+    from cityloop.labeling.server import LabelStudioServer
 
     return LabelStudioServer(Path(root), port=port).start().url
 
@@ -158,8 +159,9 @@ def labeling_demo(root: str | None = None, model: str = "cityloop-detector:lates
 
 
 def _open_params(root: str):
-    from cityloop.settings import load_params
-    from labeling.settings import LabelingParams
+    from cityloop.labeling.settings import LabelingParams
+
+    from cityloop.core.settings import load_params
 
     return LabelingParams.from_dict(load_params(Path(root)).get("labeling", {}))
 

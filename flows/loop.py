@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cityloop.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_params
 
 
 def prefect_call(name: str, fn: Callable, *args: Any) -> Any:
@@ -28,8 +28,8 @@ def labelstudio_task(root: str) -> str:
     """Start (or find) the workspace's Label Studio server; an external one (LABEL_STUDIO_URL) is used as is."""
     import os
 
-    from labeling.server import ENV_URL, LabelStudioServer
-    from labeling.settings import LabelingParams
+    from cityloop.labeling.server import ENV_URL, LabelStudioServer
+    from cityloop.labeling.settings import LabelingParams
 
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
@@ -38,7 +38,7 @@ def labelstudio_task(root: str) -> str:
 
 
 def loop_params(root: str, **over: Any):
-    from loop.params import LoopParams
+    from cityloop.loop.params import LoopParams
 
     return LoopParams.from_dict({**(load_params(Path(root)).get("loop") or {}),
                                  **{k: v for k, v in over.items() if v is not None}})
@@ -46,17 +46,18 @@ def loop_params(root: str, **over: Any):
 
 def ensure_base(root: str, base: str) -> str:
     """Round 0's inputs: the demo datasets and the lab-trained model (made by their flows when missing)."""
-    from governance import versioning
-    from models.registry import ModelNotFoundError, Registry
+    from cityloop.models.registry import ModelNotFoundError, Registry
+
+    from cityloop.governance import versioning
 
     if not versioning.list_versions(Path(root), "lab"):
-        from flows.governance import governance_demo
+        from cityloop.flows.governance import governance_demo
 
         governance_demo(root=root)
     try:
         return Registry(Path(root), track=False).get(base).id
     except ModelNotFoundError:
-        from flows.training import train_flow
+        from cityloop.flows.training import train_flow
 
         return train_flow(data="lab@latest", root=root)["model"]
 
@@ -78,7 +79,7 @@ def closed_loop(rounds: int | None = None, budget: int | None = None, arms: list
             Label Studio users).
         root: workspace (default: the git top level of the working directory).
     """
-    from loop.runner import run_loop
+    from cityloop.loop.runner import run_loop
 
     if annotators not in ("scripted", "people"):
         raise ValueError("annotators must be 'scripted' or 'people'")

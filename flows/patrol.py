@@ -13,10 +13,10 @@ from pathlib import Path
 from prefect import flow, task
 from prefect_dask import DaskTaskRunner
 
-from analysis.config import analysis_params, store_url
-from analysis.patrol import patrol_one, score_run
-from analysis.zones import read_cameras
-from cityloop.settings import find_root, load_params
+from cityloop.analysis.config import analysis_params, store_url
+from cityloop.analysis.patrol import patrol_one, score_run
+from cityloop.analysis.zones import read_cameras
+from cityloop.core.settings import find_root, load_params
 
 
 @task(name="patrol-camera", retries=1)

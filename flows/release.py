@@ -10,13 +10,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from cityloop.bento.build import build_bento
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bento.build import build_bento
-from cityloop.settings import find_root, load_params
-from edge import rollout
-from edge.fleet import deploy, list_nodes
+from cityloop.core.settings import find_root, load_params
+from cityloop.edge import rollout
+from cityloop.edge.fleet import deploy, list_nodes
 
 
 @task(name="build-bento")

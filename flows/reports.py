@@ -11,10 +11,10 @@ from pathlib import Path
 from prefect import flow, serve, task
 from prefect.artifacts import create_link_artifact
 
-from analysis.config import store_url
-from analysis.report import weekly_report
-from analysis.store import EventStore
-from cityloop.settings import find_root, load_params
+from cityloop.analysis.config import store_url
+from cityloop.analysis.report import weekly_report
+from cityloop.analysis.store import EventStore
+from cityloop.core.settings import find_root, load_params
 
 
 @task(name="weekly-report", retries=1, retry_delay_seconds=30)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cityloop.models.card import ModelCard
+from cityloop.models.package import evaluate_split, export_step, int8_step, parity_step, registry_for, train_step
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from cityloop.settings import find_root, load_params
-from models.card import ModelCard
-from models.package import evaluate_split, export_step, int8_step, parity_step, registry_for, train_step
+from cityloop.core.settings import find_root, load_params
 
 
 @task(name="train")

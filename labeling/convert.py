@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
-from governance.schema import CATEGORY_IDS, CLASSES
+from cityloop.governance.schema import CATEGORY_IDS, CLASSES
 
 FROM_NAME, TO_NAME, CHOICE_NAME = "label", "image", "frame"
 NO_OBJECTS = "no objects"

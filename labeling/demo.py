@@ -9,10 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cityloop.settings import load_params
-from governance.gate import GateParams
-from governance.repository import DataRepository
-from scenes.frames import generate_frames
+from cityloop.core.settings import load_params
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
+from cityloop.scenes.frames import generate_frames
 
 POOL = "field-pool"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeling.convert import config_classes, label_config
+from cityloop.labeling.convert import config_classes, label_config
 
 
 class LabelStudioAPIError(RuntimeError):
@@ -173,7 +173,7 @@ class LabelingProject:
             f.writelines(json.dumps(vars(r)) + "\n" for r in recs)
 
     def honeypots(self) -> dict[int, list]:
-        from labeling.convert import Box
+        from cityloop.labeling.convert import Box
 
         path = self.state / "honeypots.json"
         raw = json.loads(path.read_text()) if path.exists() else {}

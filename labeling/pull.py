@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from cityloop.labeling.annotator import annotator_id
+from cityloop.labeling.convert import Box, ParsedAnnotation, parse_result, to_coco
+from cityloop.labeling.project import LabelingProject
+from cityloop.labeling.quality import QualityReport, assess
 
-from governance.gate import GateParams, run_batch_gate
-from governance.repository import DataRepository
-from governance.schema import ANNOTATION_COLUMNS, CATEGORY_IDS
-from governance.store import FrameStore
-from labeling.annotator import annotator_id
-from labeling.convert import Box, ParsedAnnotation, parse_result, to_coco
-from labeling.project import LabelingProject
-from labeling.quality import QualityReport, assess
+from cityloop.governance.gate import GateParams, find_suites, run_batch_gate
+from cityloop.governance.repository import DataRepository
+from cityloop.governance.schema import ANNOTATION_COLUMNS, CATEGORY_IDS
+from cityloop.governance.store import FrameStore
 
 
 @dataclass
@@ -124,7 +124,7 @@ def pull(project: LabelingProject, repo: DataRepository, dataset: str, gate_para
     chosen = [c for c in chosen if c.sha256 not in done]
     if chosen:
         ann, tasks = batch_tables(chosen)
-        gate = run_batch_gate(ann, tasks, gate_params)
+        gate = run_batch_gate(ann, tasks, gate_params, suites_dir=find_suites(repo.root))
         res.gate = gate.report()
         for f in gate.failures:
             for row in f.rows:

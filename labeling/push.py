@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cityloop.labeling.convert import Box, coco_boxes, to_result
+from cityloop.labeling.project import LabelingProject, TaskRecord
+from cityloop.labeling.select import Candidate, select
 
-from governance.repository import DataRepository
-from governance.store import FrameStore
-from labeling.convert import Box, coco_boxes, to_result
-from labeling.project import LabelingProject, TaskRecord
-from labeling.select import Candidate, select
+from cityloop.governance.repository import DataRepository
+from cityloop.governance.store import FrameStore
 
 
 @dataclass
@@ -47,8 +47,9 @@ class PushResult:
 
 def label_classes(card) -> list[str]:
     """The classes annotators box for a model: the platform classes its outputs map onto, in platform order."""
-    from governance.schema import CLASSES
-    from models.registry import model_classes
+    from cityloop.models.registry import model_classes
+
+    from cityloop.governance.schema import CLASSES
 
     mapped = set(model_classes(card))
     return [c for c in CLASSES if c in mapped]
@@ -115,7 +116,7 @@ def push(project: LabelingProject, repo: DataRepository, detector, model_id: str
 
 
 def _decode(data: bytes) -> np.ndarray:
-    from models.runtime import decode_image
+    from cityloop.models.runtime import decode_image
 
     return decode_image(data)
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
-
-from labeling.convert import Box
+from cityloop.labeling.convert import Box
 
 
 def iou(a: Box, b: Box) -> float:

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import requests
 
-from cityloop.procs import stop_group
+from cityloop.core.procs import stop_group
 
 LS_VERSION = "1.23.2"
 ENV_USER, ENV_PASSWORD, ENV_TOKEN, ENV_URL = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD",
@@ -31,6 +32,12 @@ ENV_USER, ENV_PASSWORD, ENV_TOKEN, ENV_URL = ("LABEL_STUDIO_USERNAME", "LABEL_ST
 
 class LabelStudioError(RuntimeError):
     """The server could not be installed, started or reached; the message says why."""
+
+
+
+def server_constraints() -> resources.abc.Traversable:
+    """The server venv's pins (labeling/server-constraints.txt, shipped in the package)."""
+    return resources.files("cityloop.labeling") / "server-constraints.txt"
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,11 @@ class LabelStudioServer:
         if self.executable.exists():
             return self.executable
         python = python or shutil.which("python3.11") or sys.executable
-        constraints = Path(__file__).with_name("server-constraints.txt")
         subprocess.run([python, "-m", "venv", str(self.venv)], check=True)
-        cmd = [str(self.venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"]
-        if constraints.exists():
-            cmd += ["-c", str(constraints)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        with resources.as_file(server_constraints()) as constraints:
+            cmd = [str(self.venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}",
+                   "-c", str(constraints)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise LabelStudioError(f"installing label-studio=={LS_VERSION} into {self.venv} failed:\n"
                                    f"{done.stderr[-2000:]}")

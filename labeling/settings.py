@@ -7,9 +7,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cityloop.settings import from_section
-from labeling.annotator import ErrorModel
-from labeling.push import PushParams
+from cityloop.labeling.annotator import ErrorModel
+from cityloop.labeling.push import PushParams
+
+from cityloop.core.settings import from_section
 
 WEBHOOK_SECRET_ENV = "CITYLOOP_WEBHOOK_SECRET"
 MEDIA_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -61,8 +62,8 @@ def webhook_secret() -> str:
 
 def open_project(root: Path, params: LabelingParams, url: str | None = None, token: str | None = None):
     """The workspace's project on its Label Studio server (URL/token from the environment or the server's state)."""
-    from labeling.project import LabelingProject, client
-    from labeling.server import ENV_TOKEN, ENV_URL, LabelStudioServer
+    from cityloop.labeling.project import LabelingProject, client
+    from cityloop.labeling.server import ENV_TOKEN, ENV_URL, LabelStudioServer
 
     server = LabelStudioServer(root, port=params.port)
     url = url or os.environ.get(ENV_URL) or server.url
@@ -75,9 +76,9 @@ def open_project(root: Path, params: LabelingParams, url: str | None = None, tok
 def open_workspace(root: Path, params: LabelingParams | None = None, url: str | None = None,
                    token: str | None = None):
     """(params, project, data repository, gate params) of a workspace: what push and pull need."""
-    from cityloop.settings import load_params
-    from governance.gate import GateParams
-    from governance.repository import DataRepository
+    from cityloop.core.settings import load_params
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
 
     all_params = load_params(Path(root))
     params = params or LabelingParams.from_dict(all_params.get("labeling", {}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from labeling.annotator import annotator_id
-from labeling.project import LabelingProject
+from cityloop.labeling.annotator import annotator_id
+from cityloop.labeling.project import LabelingProject
 
 
 def status(project: LabelingProject) -> dict:

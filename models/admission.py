@@ -34,10 +34,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from governance.schema import CLASSES
-from models.card import ModelCard
-from models.registry import (
+from cityloop.models.card import ModelCard
+from cityloop.models.registry import (
     ADMISSIONS_DIR,
     OWN_VENDOR,
     PARTNER_PARITY,
@@ -48,6 +46,8 @@ from models.registry import (
     check_model_name,
     model_classes,
 )
+
+from cityloop.governance.schema import CLASSES
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -335,7 +335,7 @@ def _parse_manifest(path: Path, registry: Registry) -> tuple[Check, ModelCard | 
 
 def _smoke(model_path: Path, card: ModelCard) -> Check:
     """onnxruntime opens it, and a blank batch of 2 gives outputs of the declared shapes."""
-    from models.runtime import OnnxDetector
+    from cityloop.models.runtime import OnnxDetector
 
     try:
         det = OnnxDetector(model_path, card)
@@ -415,7 +415,7 @@ def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
         threshold = params.admission_fraction * params.target
         metric = params.target_metric
         try:
-            from models.evaluate import evaluate_onnx
+            from cityloop.models.evaluate import evaluate_onnx
 
             metrics = evaluate_onnx(model_path, card, registry.root, params.benchmark,
                                     classes=model_classes(card) or None)

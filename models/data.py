@@ -16,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from governance.repository import DataRepository
-from governance.schema import CATEGORY_IDS, CLASSES
-from governance.store import FrameStore
+from cityloop.governance.repository import DataRepository
+from cityloop.governance.schema import CATEGORY_IDS, CLASSES
+from cityloop.governance.store import FrameStore
 
 MAX_OBJECTS = 64
 

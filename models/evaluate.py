@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from cityloop.models.card import ModelCard
+from cityloop.models.runtime import Detection, OnnxDetector, decode_image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from governance.schema import CATEGORY_IDS
-from models.card import ModelCard
-from models.runtime import Detection, OnnxDetector, decode_image
+from cityloop.governance.schema import CATEGORY_IDS
 
 METRICS = ("mAP50", "mAP")
 
@@ -173,9 +173,9 @@ def load_benchmark(root: Path, benchmark_vid: str,
 
     With `split`, only that split's frames are decoded and kept in the COCO dict.
     """
-    from governance import versioning
-    from governance.repository import DataRepository
-    from governance.store import FrameStore
+    from cityloop.governance import versioning
+    from cityloop.governance.repository import DataRepository
+    from cityloop.governance.store import FrameStore
 
     root = Path(root).resolve()
     vid = versioning.resolve(root, benchmark_vid).id

@@ -6,12 +6,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from cityloop.models.card import InputSpec, ModelCard, OutputSpec
+from cityloop.models.runtime import decode_image
 
-from governance.repository import DataRepository
-from governance.schema import CLASSES
-from governance.store import FrameStore
-from models.card import InputSpec, ModelCard, OutputSpec
-from models.runtime import decode_image
+from cityloop.governance.repository import DataRepository
+from cityloop.governance.schema import CLASSES
+from cityloop.governance.store import FrameStore
 
 MODEL_NAME = "cityloop-detector"
 
@@ -43,8 +43,8 @@ def sample_frames(root: Path, version: str, n: int = 16, split: str | None = Non
 
 def load_detector(weights: Path, width: int):
     """A plain Detector with the weights of a run or a registered version (torch imported lazily)."""
-    from models.components.detector import Detector, DetectorConfig
-    from models.module import load_weights
+    from cityloop.models.components.detector import Detector, DetectorConfig
+    from cityloop.models.module import load_weights
 
     model = Detector(DetectorConfig(width=width))
     load_weights(model, weights)
@@ -53,8 +53,8 @@ def load_detector(weights: Path, width: int):
 
 def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, split: str) -> dict:
     """mAP of an ONNX model on one split of a dataset version (e.g. the lab test split)."""
-    from models.evaluate import evaluate, load_benchmark
-    from models.runtime import OnnxDetector
+    from cityloop.models.evaluate import evaluate, load_benchmark
+    from cityloop.models.runtime import OnnxDetector
 
     _, manifest, coco, images = load_benchmark(root, version, split)
     dets = OnnxDetector(Path(model_path), card).detect(images)
@@ -69,8 +69,9 @@ def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, 
 
 def registry_for(root: Path, **overrides):
     """The workspace's registry with the `registry:` params (`overrides` replace some, e.g. target)."""
-    from cityloop.settings import load_params
-    from models.registry import Registry, RegistryParams
+    from cityloop.models.registry import Registry, RegistryParams
+
+    from cityloop.core.settings import load_params
 
     return Registry(Path(root), RegistryParams.from_dict({**load_params(Path(root)).get("registry", {}), **overrides}))
 
@@ -82,9 +83,10 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
     replay: dataset versions mixed in (default: the parent's training data, when it differs);
     "name@latest" resolves to a version id, so the run stays reproducible.
     """
-    from cityloop.settings import load_params
-    from governance import versioning
-    from models.train import TrainParams, train
+    from cityloop.models.train import TrainParams, train
+
+    from cityloop.core.settings import load_params
+    from cityloop.governance import versioning
 
     data = versioning.resolve(Path(root), data).id  # "lab@latest" -> "lab@v3": the card names a real version
     weights, default_replay = None, ()
@@ -104,7 +106,7 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
 
 def export_step(root: Path, run: dict, out_dir: Path) -> tuple[Path, ModelCard]:
     """Export a run's plain module to one self-contained ONNX file, with its card beside it."""
-    from models.export import export_onnx
+    from cityloop.models.export import export_onnx
 
     card = build_card(Path(root), run["data"], run["parent"], run["params"])
     model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
@@ -116,7 +118,7 @@ def export_step(root: Path, run: dict, out_dir: Path) -> tuple[Path, ModelCard]:
 def parity_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, n: int = 16,
                 tolerance: float = 1e-4) -> dict:
     """Same validation frames through torch and onnxruntime: raw outputs and decoded boxes agree."""
-    from models.export import check_parity
+    from cityloop.models.export import check_parity
 
     model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
     frames = sample_frames(Path(root), run["data"], n, split="val")
@@ -125,7 +127,7 @@ def parity_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, n: int 
 
 def evaluate_step(root: Path, model_path: Path, card: ModelCard, benchmark: str) -> dict:
     """A model on the benchmark set (field) and on its training data's test split (lab)."""
-    from models.evaluate import evaluate_onnx
+    from cityloop.models.evaluate import evaluate_onnx
 
     bench = evaluate_onnx(Path(model_path), card, Path(root), benchmark)
     test = evaluate_split(Path(root), Path(model_path), card, card.dataset, "test") if card.dataset else None
@@ -141,8 +143,8 @@ def int8_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, fp32: dic
     """
     from dataclasses import replace
 
-    from models.evaluate import evaluate_onnx
-    from models.export import quantize_int8
+    from cityloop.models.evaluate import evaluate_onnx
+    from cityloop.models.export import quantize_int8
 
     calib = sample_frames(Path(root), run["data"], calibration_frames, split="train")
     path = quantize_int8(Path(onnx_path), Path(run["run_dir"]) / "model.int8.onnx", card, calib)

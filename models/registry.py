@@ -52,10 +52,11 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cityloop.settings import from_section
-from governance import versioning
-from governance.schema import CLASSES
-from models.card import STAGES, ModelCard
+from cityloop.models.card import STAGES, ModelCard
+
+from cityloop.core.settings import from_section
+from cityloop.governance import versioning
+from cityloop.governance.schema import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +608,7 @@ class Registry:
         return metrics
 
     def _evaluate(self, mv: ModelVersion, benchmark: str) -> dict[str, Any]:
-        from models.evaluate import evaluate_onnx
+        from cityloop.models.evaluate import evaluate_onnx
 
         return evaluate_onnx(mv.model_path, mv.card, self.root, benchmark, classes=model_classes(mv.card) or None)
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
-
-from models.card import InputSpec, ModelCard, OutputSpec
+from cityloop.models.card import InputSpec, ModelCard, OutputSpec
 
 
 @dataclass

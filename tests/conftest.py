@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cityloop.labeling.server import LabelStudioServer
 
-from cityloop.settings import quiet_env
-from labeling.server import LabelStudioServer
-from scenes.frames import generate_frames
+from cityloop.core.settings import quiet_env
+from cityloop.scenes.frames import generate_frames
 
 REPO = Path(__file__).resolve().parents[1]
 quiet_env()
@@ -34,7 +34,7 @@ def make_workspace(ws: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(REPO / name, ws / name)
     shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
-    for pkg in ("scenes", "governance", "models"):  # dvc.yaml stages depend on the code
+    for pkg in ("cityloop/scenes", "cityloop/governance", "models"):  # dvc.yaml stages depend on the code
         shutil.copytree(REPO / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git(ws, "init", "-q", "-b", "main")
     git(ws, "add", "-A")
@@ -83,9 +83,10 @@ TINY_TRAIN = {"epochs": 6, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0, "
 def build_model_workspace(ws: Path) -> ModelWorkspace:
     """lab@v1 (120 frames), field-bench@v1 (40), field-pool@v1 (60 unlabeled field frames) and a
     tiny detector trained on lab@v1, exported, parity-checked and registered as cityloop-detector:v1."""
-    from governance.gate import GateParams
-    from governance.repository import DataRepository
-    from models.package import export_step, parity_step, registry_for, train_step
+    from cityloop.models.package import export_step, parity_step, registry_for, train_step
+
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
 
     make_workspace(ws)
     repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))

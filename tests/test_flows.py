@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cityloop.flows.governance import ingest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.governance import ingest
-from governance import versioning
-from governance.repository import GateFailed
+from cityloop.governance import versioning
+from cityloop.governance.repository import GateFailed
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.params import LoopParams, lineages
-from loop.report import labels_to_target, summarize, write_report
+from cityloop.loop.params import LoopParams, lineages
+from cityloop.loop.report import labels_to_target, summarize, write_report
 from tests.conftest import TINY_TRAIN, ModelWorkspace
 
 
@@ -93,11 +93,11 @@ def free_block(n: int) -> int:
 @pytest.mark.slow
 def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: ModelWorkspace, labelstudio,
                                                                      tmp_path: Path, monkeypatch):
+    from cityloop.models.registry import Registry
     from prefect.testing.utilities import prefect_test_harness
 
-    from governance import versioning
-    from governance.repository import DataRepository
-    from models.registry import Registry
+    from cityloop.governance import versioning
+    from cityloop.governance.repository import DataRepository
 
     root = tmp_path / "ws"
     shutil.copytree(model_ws.root, root, symlinks=True)
@@ -116,7 +116,7 @@ def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: 
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials().token)
     monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(labelstudio.media))
 
-    from flows.loop import closed_loop
+    from cityloop.flows.loop import closed_loop
 
     with prefect_test_harness(server_startup_timeout=90):
         state = closed_loop(root=str(root), return_state=True)
@@ -151,11 +151,11 @@ def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: 
     assert set(summary["arms"]) == {"active", "random"}
     assert (root / "reports" / "loop" / "curve.png").stat().st_size > 10_000
     # the loop's edge nodes are gone afterwards
-    from edge.fleet import up_nodes
+    from cityloop.edge.fleet import up_nodes
 
     assert up_nodes(root) == []
     # a loop with other params refuses to write into these lineages' datasets (its counts would be wrong)
-    from loop.runner import LoopConflictError, run_loop
+    from cityloop.loop.runner import LoopConflictError, run_loop
 
     with pytest.raises(LoopConflictError, match="loop.tag"):
         run_loop(root, LoopParams.from_dict({**params["loop"], "budget": 20}))

@@ -106,8 +106,8 @@ def test_up_prints_urls_and_a_second_up_finds_the_running_stack(stack):
 
 @pytest.mark.slow
 def test_the_run_button_ingests_frames_into_a_new_dataset_version(stack, tmp_path: Path):
-    from governance import versioning
-    from scenes.frames import generate_frames
+    from cityloop.governance import versioning
+    from cityloop.scenes.frames import generate_frames
 
     api, root = stack["api"], stack["root"]
     src = tmp_path / "frames"
@@ -168,9 +168,8 @@ def test_events_trigger_runs_with_templated_parameters(stack):
 
 @pytest.mark.slow
 def test_the_ui_deployments_page_shows_every_deployment(stack):
+    from cityloop.labeling.browser import CHROMIUM, FLAGS
     from playwright.sync_api import sync_playwright
-
-    from labeling.browser import CHROMIUM, FLAGS
 
     out = ARTIFACTS / "prefect-deployments.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +230,7 @@ def test_down_stops_everything_and_keeps_the_data(stack):
     comps = json.loads(after.output)["components"]
     assert not any(c["running"] for c in comps)
     assert (stack["root"] / ".cityloop" / "prefect" / "prefect.db").exists()  # run history kept
-    from governance import versioning
+    from cityloop.governance import versioning
 
     assert [v.id for v in versioning.list_versions(stack["root"], "lab")] == ["lab@v1"]
     assert "not running" in _cli("down").output  # a second down is a no-op
@@ -249,9 +248,8 @@ def test_down_stops_everything_and_keeps_the_data(stack):
 
 
 def test_deployments_have_names_schedules_triggers_and_described_parameters(workspace: Path):
+    from cityloop.flows.deployments import build_deployments
     from prefect.client.schemas.schedules import CronSchedule
-
-    from flows.deployments import build_deployments
 
     deps = {f"{d.flow_name}/{d.name}": d for d in build_deployments(workspace)}
     assert set(deps) == EXPECTED
@@ -307,11 +305,10 @@ def test_up_refuses_a_port_taken_by_someone_else(workspace: Path):
 
 @pytest.mark.parametrize("name", ["prefect.yaml", "prefect-process.yaml"])
 def test_prefect_yaml_matches_the_served_deployments(name: str, workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    from cityloop.flows.deployments import build_deployments
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
-
-    from flows.deployments import build_deployments
 
     served = {f"{d.flow_name}/{d.name}": d for d in build_deployments(workspace)}
     spec = yaml.safe_load((REPO / "deploy" / name).read_text())

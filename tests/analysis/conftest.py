@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.params import AnalysisParams
-from analysis.patrol import PatrolResult, TruthNoise, run_patrol
-from scenes.video import generate_video
+from cityloop.analysis.params import AnalysisParams
+from cityloop.analysis.patrol import PatrolResult, TruthNoise, run_patrol
+from cityloop.scenes.video import generate_video
 
 QUIET = {"riders": 6.0, "p_no_helmet": 0.0, "cars": 6.0, "pedestrians": 8.0, "parking": 0.0, "garbage": 0.0,
          "vending": 0.0, "waterlogging": 0.0, "crowds": 0.0}  # confusers only: helmeted riders, traffic, walkers

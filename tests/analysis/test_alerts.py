@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.alerts import SIGNATURE_HEADER, Dispatcher, LogSink, WebhookSink, build_sinks
-from analysis.store import Event, EventStore
+from cityloop.analysis.alerts import SIGNATURE_HEADER, Dispatcher, LogSink, WebhookSink, build_sinks
+from cityloop.analysis.store import Event, EventStore
 
 SECRET = "test-secret-not-real"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.alerts import Dispatcher, LogSink
-from analysis.engine import Analyzer
-from analysis.params import AnalysisParams
-from analysis.store import EventStore
-from analysis.tracker import Det
+from cityloop.analysis.alerts import Dispatcher, LogSink
+from cityloop.analysis.engine import Analyzer
+from cityloop.analysis.params import AnalysisParams
+from cityloop.analysis.store import EventStore
+from cityloop.analysis.tracker import Det
 
 
 def _analyzer(tmp_path: Path) -> Analyzer:

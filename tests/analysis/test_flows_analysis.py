@@ -18,8 +18,8 @@ def prefect_harness():
 
 @pytest.mark.slow
 def test_patrol_fans_out_then_the_weekly_report_runs(prefect_harness, clips, tmp_path: Path):
-    from flows.patrol import patrol_flow
-    from flows.reports import weekly_deployment, weekly_report_flow
+    from cityloop.flows.patrol import patrol_flow
+    from cityloop.flows.reports import weekly_deployment, weekly_report_flow
 
     streams = tmp_path / "streams"
     for name in ("busy-rain", "busy-night"):  # four cameras

@@ -43,8 +43,8 @@ def test_patrol_reports_a_malformed_camera_config(tmp_path: Path, monkeypatch):
 
 def test_edge_nodes_plug_the_analyzer_in_as_their_sink(tmp_path: Path, monkeypatch):
     """The edge node's hand-off (dicts with box/score/cls) raises events into the workspace store."""
-    from analysis.sink import edge_sink
-    from analysis.store import EventStore
+    from cityloop.analysis.sink import edge_sink
+    from cityloop.analysis.store import EventStore
 
     monkeypatch.setenv("CITYLOOP_ROOT", str(tmp_path))
     sink = edge_sink(tmp_path / "node")

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from analysis.alerts import Dispatcher, LogSink
-from analysis.engine import Analyzer
-from analysis.params import AnalysisParams
-from analysis.patrol import patrol_camera
-from analysis.report import week_start
-from analysis.store import EventStore
-from analysis.zones import load_zones, read_cameras
+from cityloop.analysis.alerts import Dispatcher, LogSink
+from cityloop.analysis.engine import Analyzer
+from cityloop.analysis.params import AnalysisParams
+from cityloop.analysis.patrol import patrol_camera
+from cityloop.analysis.report import week_start
+from cityloop.analysis.store import EventStore
+from cityloop.analysis.zones import load_zones, read_cameras
 from cityloop.cli import app
-from scenes.video import generate_video
+from cityloop.scenes.video import generate_video
 from tests.analysis.conftest import BUSY
 
 WEEK = "2026-W43"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.rules import SCENARIOS
+from cityloop.analysis.rules import SCENARIOS
 from tests.analysis.conftest import truth_events
 
 POSITIVE = {"helmetless_rider": "busy-rain", "illegal_parking": "busy-rain", "garbage_pile": "busy-rain",
@@ -37,8 +37,8 @@ def test_vending_needs_night(clips, tmp_path):
     from datetime import datetime, timedelta
     from pathlib import Path
 
-    from analysis.params import AnalysisParams
-    from analysis.patrol import run_patrol
+    from cityloop.analysis.params import AnalysisParams
+    from cityloop.analysis.patrol import run_patrol
 
     day = tmp_path / "day"
     shutil.copytree(clips["busy-night"], day)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.params import AnalysisParams
-from analysis.zones import ZoneError, load_zones
+from cityloop.analysis.params import AnalysisParams
+from cityloop.analysis.zones import ZoneError, load_zones
 
 
 def test_rectangles_and_polygons():

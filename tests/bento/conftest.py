@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from bento.serving import Server, free_port, start_server, stop_server
+from cityloop.bento.serving import Server, free_port, start_server, stop_server
 
 TOKEN = "test-token-not-a-secret"
 
@@ -30,7 +29,7 @@ def ws_copy(model_ws, tmp_path_factory) -> Path:
 def server(model_ws, tmp_path_factory) -> Server:
     """The service file serving cityloop-detector:v1 from the registry, token required,
     small limits so the 413/503 paths are reachable: 1 MiB bodies, 2 requests in flight."""
-    from models.registry import Registry
+    from cityloop.models.registry import Registry
 
     mv = Registry(model_ws.root, track=False).get(model_ws.model_id)
     logs = tmp_path_factory.mktemp("serve-logs")

@@ -12,10 +12,9 @@ import sys
 import tarfile
 
 import pytest
+from cityloop.bento.build import bento_manifest, build_bento
+from cityloop.bento.serving import DetectorClient, free_port, start_server, stop_server
 from typer.testing import CliRunner
-
-from bento.build import bento_manifest, build_bento
-from bento.serving import DetectorClient, free_port, start_server, stop_server
 
 from .conftest import field_images
 
@@ -33,8 +32,8 @@ def test_build_exports_an_archive_that_serves(ws_copy, monkeypatch):
         names = set(tar.getnames())
         dockerfile = tar.extractfile("./env/docker/Dockerfile").read().decode()
         reqs = tar.extractfile("./env/python/requirements.txt").read().decode()
-    assert {"./bento.yaml", "./src/bento/service.py", "./src/bento/model/model.onnx",
-            "./src/bento/model/card.json", "./src/models/runtime.py"} <= names
+    assert {"./bento.yaml", "./src/cityloop/bento/service.py", "./src/cityloop/bento/model/model.onnx",
+            "./src/cityloop/bento/model/card.json", "./src/cityloop/models/runtime.py"} <= names
     assert not any("torch" in n or "weights.pt" in n or "/governance/" in n for n in names), names
     assert "FROM python:3.11" in dockerfile and "onnxruntime==" in reqs and "torch" not in reqs
     manifest = bento_manifest(built["path"])
@@ -51,9 +50,9 @@ def test_build_exports_an_archive_that_serves(ws_copy, monkeypatch):
 
 
 def test_bento_and_edge_import_without_torch_or_prefect():
-    code = ("import sys, bento.service, bento.build, bento.serving, bento.cli, edge.node, edge.outbox, "
-            "edge.inbox, edge.cli, edge.rollout; bad = [m for m in ('torch', 'lightning', "
-            "'pytorch_lightning', 'prefect') if m in sys.modules]; assert not bad, bad")
+    code = ("import sys, cityloop.bento.service, cityloop.bento.build, cityloop.bento.serving, cityloop.edge.node, "
+            "cityloop.edge.outbox, cityloop.edge.inbox, cityloop.edge.rollout; bad = [m for m in ('torch', "
+            "'lightning', 'pytorch_lightning', 'prefect') if m in sys.modules]; assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"CITYLOOP_MODEL_DIR": "/nonexistent", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr

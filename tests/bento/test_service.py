@@ -9,10 +9,9 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-
-from bento.serving import DetectorClient, ServingError
-from models.registry import Registry
-from models.runtime import OnnxDetector, decode_image
+from cityloop.bento.serving import DetectorClient, ServingError
+from cityloop.models.registry import Registry
+from cityloop.models.runtime import OnnxDetector, decode_image
 
 from .conftest import TOKEN, field_images
 

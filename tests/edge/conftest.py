@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.node import node_dir, read_json
+from cityloop.edge.node import node_dir, read_json
 from tests.conftest import wait_for  # noqa: F401  (the edge tests import it from here)
 
 CLI = str(Path(sys.executable).with_name("cityloop"))

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from cityloop.bento.serving import free_port
 
-from bento.serving import free_port
-from edge.inbox import InboxStore, inbox_ingest, serve_inbox
+from cityloop.edge.inbox import InboxStore, inbox_ingest, serve_inbox
 
 from .conftest import copy_workspace
 
@@ -60,7 +60,7 @@ def test_inbox_feeds_the_governance_ingest_as_edge_source(center, model_ws):
         store.put(_example(p.read_bytes()), "n1")
     res = inbox_ingest(root)
     assert res.version.id == "edge-hard@v1"
-    from governance.repository import DataRepository
+    from cityloop.governance.repository import DataRepository
 
     manifest, _ = DataRepository(root).load("edge-hard@v1")
     assert len(manifest) == 4 and set(manifest["source"]) == {"edge-hard"} and set(manifest["split"]) == {"pool"}

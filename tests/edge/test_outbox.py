@@ -10,10 +10,10 @@ import subprocess
 
 import httpx
 import pytest
+from cityloop.bento.serving import free_port
 
-from bento.serving import free_port
-from edge.inbox import InboxStore
-from edge.node import node_dir
+from cityloop.edge.inbox import InboxStore
+from cityloop.edge.node import node_dir
 
 from .conftest import CLI, copy_workspace, wait_for
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cityloop.bento.serving import free_port
+from cityloop.models.card import ModelCard
+from cityloop.models.package import registry_for
+from cityloop.models.registry import PARTNER_PARITY, Registry
 from onnx import numpy_helper
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from bento.serving import free_port
 from cityloop.cli import app
-from edge.fleet import list_nodes, served_version
-from models.card import ModelCard
-from models.package import registry_for
-from models.registry import PARTNER_PARITY, Registry
+from cityloop.edge.fleet import list_nodes, served_version
 
 from .conftest import copy_workspace, wait_for
 
@@ -42,7 +42,7 @@ def perturbed(root: Path, model_id: str, noise: float, out: Path, vendor: str) -
 
 @pytest.mark.slow
 def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes_factory):
-    from flows.release import release
+    from cityloop.flows.release import release
 
     root = copy_workspace(model_ws.root, tmp_path / "ws", {"registry": LOOSE_GATE, "release": RELEASE,
                                                            "edge": {"heartbeat_s": 0.3}})

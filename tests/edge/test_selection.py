@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.outbox import HardExample, Outbox
-from edge.selection import Selector, SelectParams, agreement
+from cityloop.edge.outbox import HardExample, Outbox
+from cityloop.edge.selection import Selector, SelectParams, agreement
 
 
 def _jpeg(seed: int) -> bytes:

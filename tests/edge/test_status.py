@@ -9,7 +9,7 @@ import time
 from typer.testing import CliRunner
 
 from cityloop.cli import app
-from edge.node import node_dir, write_json
+from cityloop.edge.node import node_dir, write_json
 
 
 def test_status_shows_fresh_nodes_up_and_stale_ones_down(tmp_path, monkeypatch):

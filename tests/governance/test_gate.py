@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from governance.gate import GateFailure, GateParams, GateResult, run_gate
-from governance.schema import CATEGORY_IDS, CLASSES
+from cityloop.governance.gate import GateFailure, GateParams, GateResult, run_gate
+from cityloop.governance.schema import CATEGORY_IDS, CLASSES
 
 N_FRAMES = 40
 SIZE = 192

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from governance import versioning
-from governance.gate import GateParams
-from governance.repository import DataRepository, GateFailed
-from governance.store import FrameStore
+from cityloop.governance import versioning
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository, GateFailed
+from cityloop.governance.store import FrameStore
 
 
 def repo(ws: Path, **gate) -> DataRepository:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from governance import versioning as v
+from cityloop.governance import versioning as v
 
 GITIGNORE = ".cityloop/\n/data/frames\n/data/datasets\n/data/quarantine\n"
 

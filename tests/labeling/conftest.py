@@ -20,6 +20,6 @@ def lws(model_ws: ModelWorkspace, tmp_path_factory: pytest.TempPathFactory) -> M
 
 
 def ground_truth(ws: ModelWorkspace) -> dict:
-    from labeling.annotator import truth_from_folder
+    from cityloop.labeling.annotator import truth_from_folder
 
     return truth_from_folder(ws.pool_src) | truth_from_folder(Path(ws.root) / "raw" / "lab")

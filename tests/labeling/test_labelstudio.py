@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+from cityloop.labeling.annotator import ErrorModel, run_team
+from cityloop.labeling.convert import Box, to_result
+from cityloop.labeling.project import LabelingProject, client
+from cityloop.labeling.pull import pull
+from cityloop.labeling.push import PushParams, label_classes, push
+from cityloop.labeling.status import status
+from cityloop.models.registry import Registry
+from cityloop.models.runtime import OnnxDetector
 
-from governance.gate import GateParams
-from governance.repository import DataRepository
-from labeling.annotator import ErrorModel, run_team
-from labeling.convert import Box, to_result
-from labeling.project import LabelingProject, client
-from labeling.pull import pull
-from labeling.push import PushParams, label_classes, push
-from labeling.status import status
-from models.registry import Registry
-from models.runtime import OnnxDetector
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
 from tests.conftest import REPO, ModelWorkspace
 from tests.labeling.conftest import ground_truth
 
@@ -52,7 +52,7 @@ def test_server_up_is_idempotent_and_a_stale_pid_file_is_handled(labelstudio, tm
     pid = labelstudio.pid()
     again = labelstudio.start()
     assert again.message == "already running" and again.pid == pid and again.running
-    from labeling.server import LabelStudioServer
+    from cityloop.labeling.server import LabelStudioServer
 
     stale = LabelStudioServer(tmp_path, port=labelstudio.port + 1, state_dir=tmp_path / "ls")
     stale.state.mkdir(parents=True)
@@ -125,7 +125,7 @@ def test_malformed_annotations_are_rejected_by_task_id_and_nothing_labeled_is_lo
     exported = {t["id"]: t for t in proj.export()}
     assert all(exported[t]["annotations"] for t in ids[:3])  # still in Label Studio, to be fixed
     # the annotator fixes the empty one with an explicit "no objects": the next pull takes it
-    from labeling.convert import no_objects_result
+    from cityloop.labeling.convert import no_objects_result
 
     ann_id = exported[ids[2]]["annotations"][0]["id"]
     proj.ls.annotations.update(id=ann_id, result=no_objects_result())
@@ -159,11 +159,10 @@ def prefect_harness():
 
 
 def test_webhooks_count_labels_and_emit_prefect_events(labelstudio, lws, prefect_harness, tmp_path: Path):
+    from cityloop.flows.labeling import LABEL_EVENT, READY_EVENT, emit_label, emit_ready
+    from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
-
-    from flows.labeling import LABEL_EVENT, READY_EVENT, emit_label, emit_ready
-    from labeling.webhooks import LabelCounter, WebhookReceiver, register
 
     proj = project(labelstudio, lws, "webhooks")
     res = push(proj, repo(lws), detector(lws), lws.model_id, lws.pool, PushParams(budget=3, honeypot_share=0.0))
@@ -192,8 +191,7 @@ def test_webhooks_count_labels_and_emit_prefect_events(labelstudio, lws, prefect
 
 def test_label_flow_runs_select_push_wait_pull_version(labelstudio, lws, prefect_harness, monkeypatch):
     import yaml
-
-    from flows.labeling import label_flow
+    from cityloop.flows.labeling import label_flow
 
     params = yaml.safe_load((lws.root / "params.yaml").read_text())
     params["labeling"].update({"project": "flow", "port": labelstudio.port, "budget": 8, "dataset": "flow-labeled",
@@ -220,7 +218,7 @@ def test_label_flow_runs_select_push_wait_pull_version(labelstudio, lws, prefect
 
 
 def test_chromium_shows_the_pre_annotations_on_the_labeling_page(labelstudio, lws: ModelWorkspace):
-    from labeling.browser import screenshot_task
+    from cityloop.labeling.browser import screenshot_task
 
     proj = project(labelstudio, lws, "screenshot")
     pp = PushParams(budget=4, honeypot_share=0.0, prediction_threshold=0.2)

@@ -9,15 +9,23 @@ from pathlib import Path
 
 import pytest
 import requests
+from cityloop.labeling.annotator import ErrorModel, assign, corrupt
+from cityloop.labeling.convert import (
+    Box,
+    config_classes,
+    label_config,
+    no_objects_result,
+    parse_result,
+    to_coco,
+    to_result,
+)
+from cityloop.labeling.pull import Chosen, batch_tables
+from cityloop.labeling.quality import agreement, assess
+from cityloop.labeling.select import Candidate, select, uncertainty
+from cityloop.labeling.webhooks import SECRET_HEADER, LabelCounter, WebhookReceiver
 
-from governance.gate import GateParams, run_batch_gate
-from governance.schema import CLASSES
-from labeling.annotator import ErrorModel, assign, corrupt
-from labeling.convert import Box, config_classes, label_config, no_objects_result, parse_result, to_coco, to_result
-from labeling.pull import Chosen, batch_tables
-from labeling.quality import agreement, assess
-from labeling.select import Candidate, select, uncertainty
-from labeling.webhooks import SECRET_HEADER, LabelCounter, WebhookReceiver
+from cityloop.governance.gate import GateParams, run_batch_gate
+from cityloop.governance.schema import CLASSES
 
 
 def test_boxes_survive_the_round_trip_through_label_studio_percent_coordinates():
@@ -106,7 +114,7 @@ def test_honeypots_go_to_everyone_and_overlap_to_two():
 
 
 def chosen(tid: int, boxes: list[Box], no_objects: bool = False) -> Chosen:
-    from labeling.convert import ParsedAnnotation
+    from cityloop.labeling.convert import ParsedAnnotation
 
     return Chosen(tid, f"{tid:064x}", 192, 192, "a", ParsedAnnotation(boxes, no_objects, [b.cls for b in boxes]))
 
@@ -159,7 +167,7 @@ def test_server_credentials_come_from_the_environment_or_a_private_file_and_a_ta
     import os
     import socket
 
-    from labeling.server import LabelStudioError, LabelStudioServer
+    from cityloop.labeling.server import LabelStudioError, LabelStudioServer
 
     for k in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY"):
         monkeypatch.delenv(k, raising=False)

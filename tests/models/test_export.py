@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cityloop.models.card import ModelCard, OutputSpec
+from cityloop.models.components.detector import Detector, DetectorConfig
+from cityloop.models.export import check_parity, export_onnx, has_external_data, quantize_int8, split_reduce_means
+from cityloop.models.runtime import OnnxDetector, decode_image, decode_outputs, preprocess
 
-from models.card import ModelCard, OutputSpec
-from models.components.detector import Detector, DetectorConfig
-from models.export import check_parity, export_onnx, has_external_data, quantize_int8, split_reduce_means
-from models.runtime import OnnxDetector, decode_image, decode_outputs, preprocess
-from scenes.frames import iter_frames
+from cityloop.scenes.frames import iter_frames
 
 NAMES = ("heatmap", "wh", "offset")
 

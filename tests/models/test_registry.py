@@ -22,18 +22,18 @@ import onnx
 import pandas as pd
 import pytest
 import yaml
+from cityloop.models.card import InputSpec, ModelCard, OutputSpec
+from cityloop.models.evaluate import detections_to_coco, evaluate, load_benchmark
+from cityloop.models.registry import Registry, RegistryError, RegistryParams
+from cityloop.models.runtime import Detection
 from onnx import TensorProto, helper, numpy_helper
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
-from governance.gate import GateParams
-from governance.repository import DataRepository
-from governance.schema import CATEGORY_IDS
-from models.card import InputSpec, ModelCard, OutputSpec
-from models.evaluate import detections_to_coco, evaluate, load_benchmark
-from models.registry import Registry, RegistryError, RegistryParams
-from models.runtime import Detection
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
+from cityloop.governance.schema import CATEGORY_IDS
 from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -385,7 +385,7 @@ def test_rollback_restores_the_previous_production(ws: Path, tmp_path: Path):
 
 
 def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
-    from models.admission import admit
+    from cityloop.models.admission import admit
 
     reg = Registry(ws, params(), track=False)
     pkg = package(tmp_path, "acme-boxes", external=True)  # weights as ONNX external data, inside the package
@@ -407,7 +407,7 @@ def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
 
 
 def test_admission_rejects_bad_packages_without_copying_them(ws: Path, tmp_path: Path):
-    from models.admission import admit
+    from cityloop.models.admission import admit
 
     reg = Registry(ws, params(), track=False)
     hostile_rel = boxes_graph()
@@ -460,7 +460,7 @@ def test_admission_rejects_bad_packages_without_copying_them(ws: Path, tmp_path:
 
 
 def test_cli_list_show_promote_admit(ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from models.cli import app
+    from cityloop.cli.models import app
 
     monkeypatch.setenv("CITYLOOP_ROOT", str(ws))
     monkeypatch.setenv("COLUMNS", "200")

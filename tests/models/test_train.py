@@ -13,16 +13,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cityloop.models.card import ModelCard
+from cityloop.models.components.detector import Detector, DetectorConfig
+from cityloop.models.data import BenchmarkLeakError, GovernedDataModule
+from cityloop.models.export import export_onnx
+from cityloop.models.package import build_card, evaluate_split
+from cityloop.models.train import TrainParams, read_metrics, train
 
-from governance.gate import GateParams
-from governance.repository import DataRepository
-from models.card import ModelCard
-from models.components.detector import Detector, DetectorConfig
-from models.data import BenchmarkLeakError, GovernedDataModule
-from models.export import export_onnx
-from models.package import build_card, evaluate_split
-from models.train import TrainParams, read_metrics, train
-from scenes.frames import generate_frames
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
+from cityloop.scenes.frames import generate_frames
 from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,10 +121,9 @@ def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_train_flow_registers_a_parity_checked_version(ws: Path, monkeypatch):
     import yaml
+    from cityloop.flows.training import train_flow
+    from cityloop.models.registry import Registry
     from prefect.testing.utilities import prefect_test_harness
-
-    from flows.training import train_flow
-    from models.registry import Registry
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"].update({**TINY, "epochs": 2})

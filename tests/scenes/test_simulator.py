@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scenes.frames import iter_frames
-from scenes.video import generate_video
-from scenes.world import CATEGORY_IDS, CLASSES
+from cityloop.scenes.frames import iter_frames
+from cityloop.scenes.video import generate_video
+from cityloop.scenes.world import CATEGORY_IDS, CLASSES
 
 
 def digest(frames) -> list[str]:
@@ -27,10 +27,9 @@ def test_same_seed_same_bytes_whatever_the_worker_count():
 
 
 def test_the_simulator_draws_every_platform_class():
-    import governance.schema
-    import scenes.world
+    from cityloop.governance.schema import CLASSES as PLATFORM_CLASSES
 
-    assert set(scenes.world.CLASSES) == set(governance.schema.CLASSES)
+    assert set(CLASSES) == set(PLATFORM_CLASSES)
 
 
 def test_generate_writes_images_coco_and_metadata(lab_src: Path):

@@ -1,0 +1,170 @@
+"""The one-screen dashboard: live events, per-camera model versions and health, the loop's
+accuracy curve. A small stdlib HTTP server (127.0.0.1) over the event store, the edge nodes'
+status files and the registry; the page reloads itself every few seconds.
+
+    /            the page          /api/state   the same as JSON      /snapshot/<event id>   its JPEG
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cityloop.analysis.loop import accuracy_curve
+from cityloop.analysis.store import EventStore, iso
+
+REFRESH_S = 5
+
+
+def node_status(root: Path) -> list[dict[str, Any]]:
+    """Edge nodes from `.cityloop/edge/*/status.json`: version, fps, health (down when the heartbeat is stale)."""
+    out, now = [], time.time()
+    for f in sorted(Path(root).glob(".cityloop/edge/*/status.json")):
+        try:
+            s = json.loads(f.read_text())
+        except (OSError, ValueError):
+            out.append({"name": f.parent.name, "health": "unreadable status"})
+            continue
+        age = now - float(s.get("heartbeat") or 0)
+        healthy = age <= float(s.get("stale_s") or 10) and s.get("state") not in ("stopped", "failed")
+        out.append({"name": s.get("name", f.parent.name), "model_version": s.get("model_version"),
+                    "state": s.get("state"), "fps": s.get("fps"), "errors": s.get("errors"),
+                    "heartbeat_age_s": round(age, 1), "health": "up" if healthy else "down",
+                    "streams": s.get("streams") or []})
+    return out
+
+
+def camera_rows(store: EventStore, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per camera: the model version of its latest event, its event count, the node that streams it."""
+    cams: dict[str, dict[str, Any]] = {}
+    for e in store.events():
+        c = cams.setdefault(e.camera_id, {"camera_id": e.camera_id, "district": e.district, "events": 0})
+        c["events"] += 1
+        c["model_version"], c["last_event"] = e.model_version, iso(e.start_ts)
+    for n in nodes:
+        for spec in n.get("streams", []):
+            cam = spec.split("=", 1)[0] if "=" in spec else Path(spec).stem or spec
+            c = cams.setdefault(cam, {"camera_id": cam, "events": 0})
+            c.update(node=n["name"], health=n["health"],
+                     model_version=n.get("model_version") or c.get("model_version"))
+    return sorted(cams.values(), key=lambda c: c["camera_id"])
+
+
+def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: int = 20) -> dict[str, Any]:
+    """Everything the page shows."""
+    nodes = node_status(edge_root or root)
+    events = [e.to_dict() for e in store.events(limit=limit, newest_first=True)]
+    return {"events": events, "nodes": nodes, "cameras": camera_rows(store, nodes),
+            "accuracy": accuracy_curve(root), "generated": iso(time.time())}
+
+
+def _svg_curve(curve: list[dict[str, Any]]) -> str:
+    pts = [(c["id"], c["mAP50"]) for c in curve if c.get("mAP50") is not None]
+    if not pts:
+        return "<p><em>no evaluated model version yet</em></p>"
+    w, h, pad = 420, 160, 30
+    step = (w - 2 * pad) / max(1, len(pts) - 1)
+    xy = [(pad + i * step, h - pad - v * (h - 2 * pad)) for i, (_, v) in enumerate(pts)]
+    dots = "".join(f'<circle cx="{x:.0f}" cy="{y:.0f}" r="3"/><text x="{x:.0f}" y="{h - 8}" font-size="10" '
+                   f'text-anchor="middle">{html.escape(i.split(":")[-1])}</text><text x="{x:.0f}" y="{y - 6:.0f}" '
+                   f'font-size="10" text-anchor="middle">{v:.2f}</text>' for (x, y), (i, v) in zip(xy, pts))
+    line = " ".join(f"{x:.0f},{y:.0f}" for x, y in xy)
+    return (f'<svg id="accuracy" width="{w}" height="{h}"><polyline points="{line}" fill="none" stroke="#1f6feb" '
+            f'stroke-width="2"/>{dots}</svg>')
+
+
+def _rows(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "<p><em>none</em></p>"
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in (r.get(c, "") for c in cols)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render(s: dict[str, Any]) -> str:
+    """The page (all values escaped)."""
+    def esc(rows: list[dict], cols: list[str]) -> list[dict]:
+        return [{c: html.escape("—" if r.get(c) is None else str(r.get(c))) for c in cols} for r in rows]
+
+    ev_cols = ["start_ts_iso", "scenario", "camera_id", "district", "model_version", "score"]
+    events = esc(s["events"], ev_cols)
+    for row, e in zip(events, s["events"]):
+        row["snapshot"] = f'<a href="/snapshot/{html.escape(e["id"])}">view</a>' if e.get("snapshot") else "—"
+        row["start_ts_iso"] = row["start_ts_iso"][:19].replace("T", " ")
+    cam_cols = ["camera_id", "district", "model_version", "node", "health", "events", "last_event"]
+    node_cols = ["name", "model_version", "state", "health", "fps", "errors", "heartbeat_age_s"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
+<title>cityloop dashboard</title><style>body{{font-family:sans-serif;margin:12px;font-size:13px}}
+.grid{{display:grid;grid-template-columns:3fr 2fr;gap:12px}}table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ddd;padding:2px 6px}}th{{background:#f3f4f6;text-align:left}}h2{{font-size:15px;margin:6px 0}}
+</style></head><body>
+<h1 style="font-size:18px">cityloop — live events <small>({html.escape(s['generated'])})</small></h1>
+<div class="grid"><div><h2>Live events</h2><div id="events">{_rows(events, [*ev_cols, 'snapshot'])}</div></div>
+<div><h2>Cameras: model versions and health</h2><div id="cameras">{_rows(esc(s['cameras'], cam_cols), cam_cols)}</div>
+<h2>Edge nodes</h2><div id="nodes">{_rows(esc(s['nodes'], node_cols), node_cols)}</div>
+<h2>The loop's accuracy (benchmark mAP50 per model version)</h2>{_svg_curve(s['accuracy'])}
+{_rows(esc(s['accuracy'], ['id', 'stage', 'mAP50']), ['id', 'stage', 'mAP50'])}</div></div></body></html>"""
+
+
+class Dashboard:
+    """The server; `start()` in a thread (tests, the CLI), `stop()` closes it."""
+
+    def __init__(self, store: EventStore, root: Path, port: int = 0, edge_root: Path | None = None) -> None:
+        self.store, self.root, self.edge_root = store, Path(root), edge_root
+        dash = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                try:
+                    dash._get(self)
+                except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+                    self._send(500, "text/plain", f"dashboard error: {exc}".encode())
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if h.path in ("/", "/index.html"):
+            h._send(200, "text/html; charset=utf-8", render(self.state()).encode())
+        elif h.path == "/api/state":
+            h._send(200, "application/json", json.dumps(self.state(), default=str).encode())
+        elif h.path.startswith("/snapshot/"):
+            ev = self.store.get(h.path.rsplit("/", 1)[-1])
+            if ev is None or not ev.snapshot or not Path(ev.snapshot).is_file():
+                h._send(404, "text/plain", b"no snapshot")
+            else:
+                h._send(200, "image/jpeg", Path(ev.snapshot).read_bytes())
+        else:
+            h._send(404, "text/plain", b"not found")
+
+    def state(self) -> dict[str, Any]:
+        return state(self.store, self.root, self.edge_root)
+
+    def start(self) -> Dashboard:
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="dashboard")
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,158 @@
+"""A small multi-object tracker: greedy IoU matching against constant-velocity predictions.
+
+Why not supervision's ByteTrack: supervision requires `opencv-python`, which would be installed
+beside (and overwrite) the `opencv-python-headless` that label-studio-sdk pins. The scenes are
+a few dozen objects per frame at a few frames per second, where greedy matching on predicted
+boxes with a centre-distance fallback is enough and is 100 lines we can read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cityloop.analysis.params import TrackerParams
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame px
+FAMILY = {"rider_helmet": "rider", "rider_no_helmet": "rider"}  # classes a detector may flip between
+
+
+@dataclass
+class Det:
+    """One detection of one frame."""
+
+    box: Box
+    score: float
+    cls: str
+
+
+@dataclass
+class Observation:
+    ts: float
+    box: Box
+    cls: str
+    score: float
+
+
+@dataclass
+class Track:
+    """One object followed over frames; `history` holds its recent observations."""
+
+    track_id: int
+    family: str
+    history: deque = field(default_factory=lambda: deque(maxlen=256))
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    velocity: tuple[float, float] = (0.0, 0.0)  # px/s of the box centre
+
+    @property
+    def box(self) -> Box:
+        return self.history[-1].box
+
+    @property
+    def cls(self) -> str:
+        return self.history[-1].cls
+
+    def predict(self, ts: float) -> Box:
+        """Where the box should be at ts (constant velocity)."""
+        dt = ts - self.last_ts
+        x0, y0, x1, y1 = self.box
+        dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
+        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+
+    def since(self, ts: float) -> list[Observation]:
+        """Observations at or after ts."""
+        return [o for o in self.history if o.ts >= ts]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def centre(b: Box) -> tuple[float, float]:
+    return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+
+
+def _affinity(pred: Box, box: Box, reach: float) -> float:
+    """IoU, or (for small fast objects that no longer overlap) a centre-distance score below it:
+    within `reach` box diagonals (wide while a track's velocity is still unknown)."""
+    v = iou(pred, box)
+    if v > 0:
+        return v
+    (px, py), (bx, by) = centre(pred), centre(box)
+    diag = max(1.0, ((pred[2] - pred[0]) ** 2 + (pred[3] - pred[1]) ** 2) ** 0.5)
+    d = ((px - bx) ** 2 + (py - by) ** 2) ** 0.5 / diag
+    return 0.2 * (1 - d / reach) if d < reach else 0.0
+
+
+def to_dets(detections: Iterable[Any], min_score: float = 0.0) -> list[Det]:
+    """Normalize the edge sink's dicts ({"box", "score", "cls"}), COCO-like or runtime Detections."""
+    out = []
+    for d in detections:
+        if isinstance(d, Det):
+            det = d
+        elif isinstance(d, dict):
+            det = Det(tuple(map(float, d["box"])), float(d.get("score", 1.0)), d.get("cls"))
+        else:  # models.runtime.Detection
+            det = Det((d.x0, d.y0, d.x1, d.y1), float(d.score), d.cls)
+        if det.cls and det.score >= min_score:
+            out.append(det)
+    return out
+
+
+class Tracker:
+    """Tracks of one camera. `update` once per frame, in time order."""
+
+    def __init__(self, params: TrackerParams | None = None) -> None:
+        self.p = params or TrackerParams()
+        self.tracks: dict[int, Track] = {}
+        self._next = 1
+
+    def update(self, ts: float, dets: list[Det]) -> list[Track]:
+        """Match this frame's detections to live tracks; returns the tracks seen in this frame."""
+        pairs = []
+        for tid, tr in self.tracks.items():
+            pred, reach = tr.predict(ts), 1.5 if len(tr.history) == 1 else 0.8
+            for j, d in enumerate(dets):
+                if FAMILY.get(d.cls, d.cls) == tr.family:
+                    a = _affinity(pred, d.box, reach)
+                    if a > 0 and (a >= self.p.iou or a < 0.2):
+                        pairs.append((a, tid, j))
+        used_t, used_d, seen = set(), set(), []
+        for _a, tid, j in sorted(pairs, reverse=True):
+            if tid in used_t or j in used_d:
+                continue
+            used_t.add(tid)
+            used_d.add(j)
+            seen.append(self._extend(self.tracks[tid], ts, dets[j]))
+        for j, d in enumerate(dets):
+            if j not in used_d:
+                seen.append(self._start(ts, d))
+        for tid in [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.p.max_age_s]:
+            del self.tracks[tid]
+        return seen
+
+    def _start(self, ts: float, d: Det) -> Track:
+        tr = Track(self._next, FAMILY.get(d.cls, d.cls), first_ts=ts, last_ts=ts)
+        tr.history.append(Observation(ts, d.box, d.cls, d.score))
+        self.tracks[tr.track_id] = tr
+        self._next += 1
+        return tr
+
+    def _extend(self, tr: Track, ts: float, d: Det) -> Track:
+        dt = ts - tr.last_ts
+        if dt > 0:
+            (ox, oy), (nx, ny) = centre(tr.box), centre(d.box)
+            vx, vy = (nx - ox) / dt, (ny - oy) / dt
+            w = 1.0 if len(tr.history) == 1 else 0.5  # first step: take the measured velocity
+            tr.velocity = ((1 - w) * tr.velocity[0] + w * vx, (1 - w) * tr.velocity[1] + w * vy)
+        tr.history.append(Observation(ts, d.box, d.cls, d.score))
+        tr.last_ts = ts
+        return tr

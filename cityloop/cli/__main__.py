@@ -1,0 +1,5 @@
+"""`python -m cityloop.cli` runs the CLI."""
+
+from cityloop.cli import app
+
+app()

@@ -1,0 +1,139 @@
+"""`cityloop patrol`, `cityloop report …`, `cityloop dashboard …` (mounted by cityloop.cli)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cityloop.core.settings import find_root
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+report_app = typer.Typer(help="Reports over the event store.", no_args_is_help=True)
+dashboard_app = typer.Typer(help="The one-screen dashboard.", no_args_is_help=True)
+
+
+def metrics_rich(metrics: dict[str, dict]) -> Table:
+    """Per-scenario event metrics as a table."""
+    t = Table(title="event-level metrics (stream seconds)")
+    cols = ("scenario", "truth", "raised", "hits", "duplicates", "false_alarms", "precision", "recall",
+            "duplicate_rate", "ttd_median_s", "ttd_p95_s")
+    heads = ("scenario", "truth", "raised", "hits", "dups", "false", "prec", "recall", "dup rate", "ttd p50 s",
+             "ttd p95 s")
+    for c, h in zip(cols, heads):
+        t.add_column(h, justify="left" if c == "scenario" else "right", no_wrap=True)
+    for m in metrics.values():
+        t.add_row(*("—" if m[c] is None else str(m[c]) for c in cols))
+    return t
+
+
+def snapshots_dir(root: Path, url: str) -> Path:
+    """Snapshots beside a SQLite store's file, else under the workspace."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / "snapshots"
+    return root / ".cityloop" / "events" / "snapshots"
+
+
+def patrol(
+    streams: Annotated[Path, typer.Option(help="Stream folder: cameras.json, <camera>/frames, events.json.")],
+    model: Annotated[str, typer.Option(help="Model version (cityloop-detector:v3, :latest, :production), "
+                                            "or `truth` to feed the simulator's boxes.")],
+    camera: Annotated[list[str] | None, typer.Option(help="Only these cameras (repeatable).")] = None,
+    db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics and events as JSON here.")] = None,
+) -> None:
+    """Run streams through detector → tracker → rules → event store; print event-level metrics."""
+    from cityloop.analysis.config import analysis_params, store_url
+    from cityloop.analysis.patrol import run_patrol
+    from cityloop.analysis.zones import ZoneError, read_cameras
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    root = find_root()
+    try:
+        cams = read_cameras(streams)
+        total = sum(int(c.get("frames", 0)) for c in cams if not camera or c["camera_id"] in camera)
+        with Progress(TextColumn("[bold]patrol"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as prog:
+            task = prog.add_task("frames", total=total or None)
+            res = run_patrol(root, streams, model, analysis_params(root), store_url(root, db), camera,
+                             snapshots=snapshots_dir(root, store_url(root, db)),
+                             advance=lambda n: prog.advance(task, n))
+    except (ZoneError, ValueError, KeyError) as exc:
+        err.print(f"[red]patrol: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{res.frames} frames in {res.seconds:.1f} s ({res.frames / max(res.seconds, 1e-9):.1f} frames/s), "
+                  f"{len(res.events)} events, {res.deduplicated} duplicate candidates merged, "
+                  f"{len(res.corrupt)} corrupt frames skipped")
+    if res.metrics:
+        console.print(metrics_rich(res.metrics))
+    else:
+        console.print("no events.json in the streams: nothing to score against")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res.to_dict(), indent=1, default=str))
+
+
+@report_app.command("weekly")
+def report_weekly(
+    week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W42 (default: the latest event's).")] = None,
+    db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: params report.out).")] = None,
+) -> None:
+    """Counts, the change against the previous week, hotspots, model versions, the loop's figures: HTML + PNG."""
+    from cityloop.analysis.config import store_url
+    from cityloop.analysis.report import weekly_report
+    from cityloop.analysis.store import EventStore
+    from cityloop.core.settings import load_params
+
+    root = find_root()
+    cfg = load_params(root).get("report") or {}
+    store = EventStore(store_url(root, db))
+    try:
+        s = weekly_report(store, out or root / cfg.get("out", "reports/weekly"), week, root,
+                          int(cfg.get("top_hotspots", 5)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--week") from exc
+    finally:
+        store.dispose()
+    t = Table(title=f"events {s['week']} against {s['previous_week']}")
+    for c in ("scenario", "this week", "previous week", "change"):
+        t.add_column(c, justify="left" if c == "scenario" else "right")
+    for r in s["scenarios"]:
+        pct = r["change_pct"]
+        t.add_row(r["scenario"], str(r["this_week"]), str(r["previous_week"]),
+                  "—" if pct is None else f"{pct:+.1f}%")
+    console.print(t)
+    for h in s["headline"]:
+        console.print(f"[bold]{h}")
+    console.print(f"report: {s['html']}")
+
+
+@dashboard_app.command("serve")
+def dashboard_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8795,
+    db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
+) -> None:
+    """Serve the one-screen dashboard until Ctrl+C."""
+    import time
+
+    from cityloop.analysis.config import store_url
+    from cityloop.analysis.dashboard import Dashboard
+    from cityloop.analysis.store import EventStore
+
+    root = find_root()
+    dash = Dashboard(EventStore(store_url(root, db)), root, port).start()
+    console.print(f"dashboard at [bold]{dash.url}[/] (Ctrl+C stops it)")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dash.stop()

@@ -1,0 +1,176 @@
+"""`cityloop edge …`: run edge nodes, see them, roll model versions out and back, the center inbox.
+
+Exit codes: 0 done; 1 refused or failed (rolled back, nothing to roll back, no nodes), message printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cityloop.core.settings import find_root, load_params
+
+app = typer.Typer(help="Edge nodes: serve a bento, run streams, hard examples, canary rollout.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+inbox_app = typer.Typer(help="The center inbox of hard examples.", no_args_is_help=True)
+app.add_typer(inbox_app, name="inbox")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _default_version(root: Path) -> str:
+    from cityloop.models.registry import Registry
+
+    reg = Registry(root, track=False)
+    versions = reg.list()
+    if not versions:
+        raise typer.BadParameter("the registry holds no model version", param_hint="--model")
+    prod = reg.production(versions[0].name)
+    return (prod or versions[-1]).id
+
+
+@app.command("start")
+def start(
+    name: Annotated[str, typer.Option(help="Node name (its state: .cityloop/edge/NAME).")],
+    port: Annotated[int, typer.Option(help="Port of the node's bento server on 127.0.0.1.")],
+    stream: Annotated[list[str] | None, typer.Option(
+        help="Camera stream: [CAMERA_ID=]folder | video file | OpenCV URL (repeatable).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model version to serve when the node has no assignment yet (default: production, else latest).")] = None,
+    center: Annotated[str | None, typer.Option(help="Center inbox URL for hard examples.")] = None,
+    loop: Annotated[bool, typer.Option(help="Replay streams when they end.")] = False,
+    max_fps: Annotated[float, typer.Option(help="Frame rate cap over all streams (0: none).")] = 0.0,
+    sink: Annotated[str | None, typer.Option(help="Analysis sink module:object (default: detections.jsonl).")] = None,
+    budget_per_hour: Annotated[int | None, typer.Option(
+        min=0, help="Most hard examples selected per hour (default: edge.select.budget_per_hour; 0: no cap).",
+    )] = None,
+    shadow: Annotated[str | None, typer.Option(
+        help="Second model version run in-process; frames where the two disagree become hard examples.")] = None,
+) -> None:
+    """Run an edge node in the foreground until SIGTERM/Ctrl+C (its server stops with it)."""
+    import logging
+
+    from cityloop.bento.serving import serve_env
+    from cityloop.edge.node import EdgeNode, NodeConfig, assign, node_dir, read_json
+    from cityloop.edge.selection import SelectParams
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much on a node
+    root = find_root()
+    params = load_params(root)
+    ep = dict(params.get("edge", {}))
+    if read_json(node_dir(root, name) / "assignment.json") is None or model:
+        assign(root, name, model or _default_version(root))
+    select = SelectParams.from_dict(ep.pop("select", None))
+    if budget_per_hour is not None:
+        select.budget_per_hour = budget_per_hour
+    cfg = NodeConfig(root=root, name=name, port=port, streams=list(stream or []), center=center, loop=loop,
+                     max_fps=max_fps, select=select, sink=sink, shadow=shadow,
+                     serve_env=serve_env(params.get("serve")),
+                     **{k: ep[k] for k in ("upload_batch", "upload_interval_s", "heartbeat_s", "stale_s") if k in ep})
+    EdgeNode(cfg).run()
+
+
+@app.command("status")
+def status(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False) -> None:
+    """Every node: up/down, model version, fps, latency, queue depth (outbox), heartbeat age."""
+    from cityloop.edge.fleet import list_nodes
+
+    nodes = list_nodes(find_root())
+    if as_json:
+        typer.echo(json.dumps(nodes, default=str))
+        return
+    table = Table(title="cityloop edge nodes")
+    for col in ("node", "state", "model version", "port", "fps", "p50 ms", "queue", "acked", "frames", "beat"):
+        table.add_column(col, justify="left" if col in ("node", "state", "model version") else "right",
+                         overflow="fold")
+    for n in nodes:
+        state = f"[green]{n['state']}[/]" if n["up"] else "[red]down[/]"
+        version = n.get("model_version") or "-"
+        if n.get("assigned") and n["assigned"] != n.get("model_version"):
+            version += f" → {n['assigned']}"
+        table.add_row(n["name"], state, version, str(n.get("port")), str(n.get("fps")), str(n.get("latency_p50_ms")),
+                      str(n.get("queue_depth")), str(n.get("acked")), str(n.get("frames")), f"{n['age_s']:.0f}s")
+    console.print(table if nodes else "no edge nodes (start one with `cityloop edge start`)")
+
+
+@app.command("assign")
+def assign_cmd(name: Annotated[str, typer.Argument(help="Node name.")],
+               model_version: Annotated[str, typer.Argument(help="Version to serve.")]) -> None:
+    """Point one node at a model version directly (no canary, no comparison)."""
+    from cityloop.edge.node import assign
+
+    assign(find_root(), name, model_version)
+    console.print(f"{name} → {model_version}")
+
+
+@app.command("rollout")
+def rollout_cmd(
+    model_version: Annotated[str, typer.Argument(help="Candidate version, e.g. cityloop-detector:v3.")],
+    canary: Annotated[str | None, typer.Option(help="Canary node (default: the first node up).")] = None,
+) -> None:
+    """Prefect flow `release`: bento → canary → compare with production → roll out or roll back."""
+    from cityloop.flows.release import release  # Prefect, only when a rollout runs
+
+    root = find_root()
+    try:
+        d = release(model_version=model_version, canary=canary, root=str(root))
+    except (RuntimeError, TimeoutError, LookupError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    colour = "green" if d["passed"] else "yellow"
+    console.print(f"[{colour}]{d['action']}[/]: {d['reason']}")
+    if not d["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command("rollback")
+def rollback_cmd() -> None:
+    """Put the registry's previous production version back, on every node that is up."""
+    from cityloop.edge.rollout import rollback_all
+
+    try:
+        out = rollback_all(find_root())
+    except (RuntimeError, TimeoutError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"nodes {', '.join(out['nodes'])} on {out['model_version']}: {out['registry']['reason']}")
+
+
+@inbox_app.command("serve")
+def inbox_serve(port: Annotated[int, typer.Option(help="Port on --host.")] = 8701,
+                host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1") -> None:
+    """Receive hard examples from edge nodes into data/inbox/edge (idempotent by sha256)."""
+    from cityloop.edge.inbox import InboxStore, serve_inbox
+
+    root = find_root()
+    srv = serve_inbox(root, port, host)
+    console.print(f"inbox on http://{host}:{port} → {InboxStore(root).dir}")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+
+
+@inbox_app.command("ingest")
+def inbox_ingest_cmd(dataset: Annotated[str, typer.Option(help="Dataset name.")] = "edge-hard",
+                     push: Annotated[bool, typer.Option(help="Push to the DVC remote.")] = False) -> None:
+    """The inbox through the governance gate as `--source edge` frames (split pool)."""
+    from cityloop.edge.inbox import inbox_ingest
+
+    t0 = time.time()
+    try:
+        res = inbox_ingest(find_root(), dataset, push)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]{res.version.id}[/]: {res.new_frames} new, {res.duplicates} duplicates "
+                  f"({time.time() - t0:.1f} s)")

@@ -1,0 +1,252 @@
+"""Still frames: sample a scene, render it, and write image datasets with COCO ground truth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cityloop.scenes.render import (
+    Box,
+    Light,
+    Obj,
+    apply_condition,
+    draw_object,
+    encode,
+    render_background,
+    sample_attrs,
+)
+from cityloop.scenes.world import (
+    CATEGORY_IDS,
+    CLASSES,
+    DISTRICTS,
+    DOMAINS,
+    Camera,
+    Condition,
+    make_camera,
+    sample_condition,
+)
+
+DOMAIN_IDS = {name: i for i, name in enumerate(DOMAINS)}
+EPOCH = datetime(2026, 10, 5, tzinfo=UTC)  # a Monday: frames and clips fall in the 4 weeks after
+HOURS = {"day": (8, 17), "dusk": (17, 19), "night": (20, 29), "rain": (7, 19), "fog": (6, 11)}
+
+MIN_BOX = 5.0  # px: smaller boxes are not labeled (the gate's min_box is 4)
+
+# mean objects per frame (Poisson) by class; the condition can raise some of them
+RATES = {"rider_helmet": 0.8, "rider_no_helmet": 0.8, "car": 1.2, "person": 1.4,
+         "garbage": 0.4, "vendor_stall": 0.3, "water": 0.25}
+
+
+@dataclass
+class Frame:
+    """One rendered frame with its ground truth."""
+
+    name: str
+    data: bytes
+    boxes: list[tuple[str, Box, int]]  # (class, (x0, y0, x1, y1), track id)
+    camera: Camera
+    condition: Condition
+    timestamp: datetime
+
+
+def _fits(cam: Camera, cls: str, x: float, y: float) -> bool:
+    road = cam.on_road(x, y)
+    if cls in ("car", "rider_helmet", "rider_no_helmet", "water"):
+        return road
+    if cls in ("garbage", "vendor_stall"):
+        return cam.layout == "plaza" or not road
+    return True
+
+
+def _rough_box(cls: str, x: float, y: float, s: float) -> Box:
+    half = {"car": 1.3, "rider_helmet": 0.55, "rider_no_helmet": 0.55, "person": 0.2,
+            "garbage": 0.6, "vendor_stall": 1.1, "water": 1.5}[cls] * s
+    tall = {"water": 0.3, "garbage": 0.45, "vendor_stall": 1.3}.get(cls, 1.0) * s
+    return (x - half, y - tall, x + half, y)
+
+
+def _iou(a: Box, b: Box) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> list[Obj]:
+    """Place objects where they belong (riders and cars on the road, stalls on pavements...)."""
+    rates = dict(RATES)
+    if cond.name == "rain":
+        rates["water"] = 0.9
+    if cond.name in ("night", "dusk"):
+        rates["vendor_stall"] = 0.7
+    y0, y1 = cam.ground_range(14.0 * cam.size / 192)
+    placed: list[tuple[Obj, Box]] = []
+    for cls in CLASSES:
+        for _ in range(int(rng.poisson(rates[cls]))):
+            for _try in range(15):
+                x, y = rng.uniform(-0.05, 1.05) * cam.size, rng.uniform(y0, y1)
+                if not _fits(cam, cls, x, y):
+                    continue
+                s = cam.scale(y)
+                box = _rough_box(cls, x, y, s)
+                if any(_iou(box, b) > 0.3 for _, b in placed):
+                    continue
+                attrs = sample_attrs(cls, rng)
+                if cls == "car" and cam.layout == "perspective":
+                    attrs["rear"] = bool(rng.random() < 0.7)
+                placed.append((Obj(cls, float(x), float(y), float(s), attrs), box))
+                break
+    return [o for o, _ in placed]
+
+
+def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.random.Generator,
+                 background: tuple | None = None) -> tuple[np.ndarray, list[tuple[Obj, Box]]]:
+    """Draw the background and objects (far to near, water first), then light and weather.
+
+    Returns the RGB image and each visible object's clipped box.
+    """
+    bg, lamps, windows = background or render_background(cam)
+    img = bg.copy()
+    lights: list[Light] = list(lamps) + list(windows)
+    order = sorted(objects, key=lambda o: (o.cls != "water", o.y))
+    raw = [(o, draw_object(img, o, lights, cond, DISTRICTS[cam.district]["sky"])) for o in order]
+    img = apply_condition(img, cam, cond, lights, rng)
+    S = cam.size
+    visible = []
+    for o, (x0, y0, x1, y1) in raw:
+        cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(S), x1), min(float(S), y1)
+        full = max(1e-6, (x1 - x0) * (y1 - y0))
+        if cx1 - cx0 >= MIN_BOX and cy1 - cy0 >= MIN_BOX and (cx1 - cx0) * (cy1 - cy0) / full >= 0.5:
+            visible.append((o, (cx0, cy0, cx1, cy1)))
+    return img, visible
+
+
+def frame_timestamp(cond: Condition, rng: np.random.Generator) -> datetime:
+    """A time in the four weeks after EPOCH whose hour fits the condition."""
+    lo, hi = HOURS[cond.name]
+    hour = rng.uniform(lo, hi)
+    return EPOCH + timedelta(days=int(rng.integers(0, 28)), hours=float(hour))
+
+
+def make_cameras(domain: str, seed: int, size: int, n: int | None = None) -> list[Camera]:
+    """The fixed camera set-ups of a domain for a seed."""
+    rng = np.random.default_rng([seed, DOMAIN_IDS[domain], 7])
+    n = n or DOMAINS[domain]["n_cameras"]
+    return [make_camera(f"{domain}-cam{k:03d}", domain, size, rng) for k in range(n)]
+
+
+def render_frame(domain: str, seed: int, index: int, size: int, cameras: list[Camera],
+                 fmt: str = "jpg") -> Frame:
+    """Frame `index` of a (domain, seed) dataset: fully determined by its arguments."""
+    rng = np.random.default_rng([seed, DOMAIN_IDS[domain], index])
+    cam = cameras[int(rng.integers(len(cameras)))]
+    cond = sample_condition(domain, rng)
+    objects = sample_objects(cam, cond, rng)
+    img, visible = render_scene(cam, cond, objects, rng, _background(cam))
+    data = encode(img, fmt, cond.jpeg)
+    name = f"{domain}-s{seed}-{index:06d}.{fmt}"
+    boxes = [(o.cls, b, o.track_id) for o, b in visible]
+    return Frame(name, data, boxes, cam, cond, frame_timestamp(cond, rng))
+
+
+_BG_CACHE: dict[tuple, tuple] = {}
+
+
+def _background(cam: Camera) -> tuple:
+    key = (cam.camera_id, cam.seed, cam.size)
+    if key not in _BG_CACHE:
+        if len(_BG_CACHE) > 256:
+            _BG_CACHE.clear()
+        _BG_CACHE[key] = render_background(cam)
+    return _BG_CACHE[key]
+
+
+def _render_chunk(args: tuple) -> list[Frame]:
+    domain, seed, indices, size, cameras, fmt = args
+    return [render_frame(domain, seed, i, size, cameras, fmt) for i in indices]
+
+
+def iter_frames(domain: str, n: int, seed: int, size: int = 192, fmt: str = "jpg",
+                workers: int = 1, chunk: int = 64) -> Iterator[Frame]:
+    """Render frames 0..n-1 in order, in `workers` processes; output independent of `workers`."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+    cameras = make_cameras(domain, seed, size)
+    jobs = [(domain, seed, range(a, min(n, a + chunk)), size, cameras, fmt) for a in range(0, n, chunk)]
+    if workers <= 1:
+        for job in jobs:
+            yield from _render_chunk(job)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        for frames in pool.map(_render_chunk, jobs):
+            yield from frames
+
+
+def coco_skeleton() -> dict:
+    """An empty COCO dict with the platform's categories."""
+    return {
+        "info": {"description": "cityloop simulator", "version": "1"},
+        "images": [], "annotations": [],
+        "categories": [{"id": CATEGORY_IDS[c], "name": c, "supercategory": "city"} for c in CLASSES],
+    }
+
+
+def add_to_coco(coco: dict, file_name: str, size: int, boxes: list[tuple[str, Box, int]],
+                extra: dict) -> None:
+    """Append one image and its boxes (COCO xywh) to `coco`."""
+    image_id = len(coco["images"]) + 1
+    coco["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size, **extra})
+    for cls, (x0, y0, x1, y1), track in boxes:
+        w, h = x1 - x0, y1 - y0
+        coco["annotations"].append({
+            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": CATEGORY_IDS[cls],
+            "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2),
+            "iscrowd": 0, "track_id": track,
+        })
+
+
+def frame_metadata(fr: Frame, domain: str, seed: int) -> dict:
+    """One row of the metadata table the ingest reads."""
+    return {
+        "file_name": f"images/{fr.name}", "camera_id": fr.camera.camera_id, "district": fr.camera.district,
+        "timestamp": fr.timestamp, "condition": fr.condition.name, "conditions": fr.condition.tags,
+        "layout": fr.camera.layout, "camera_height": fr.camera.height, "jpeg_quality": fr.condition.jpeg,
+        "domain": domain, "seed": seed,
+    }
+
+
+def generate_frames(domain: str, n: int, seed: int, out: Path, size: int = 192, fmt: str = "jpg",
+                    workers: int = 1, progress: Callable[[int], None] | None = None) -> dict:
+    """Write n frames of a domain to out/images, with annotations.coco.json and metadata.parquet.
+
+    Returns a summary (frames, boxes per class, conditions).
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    coco, rows = coco_skeleton(), []
+    for fr in iter_frames(domain, n, seed, size, fmt, workers):
+        (out / "images" / fr.name).write_bytes(fr.data)
+        meta = frame_metadata(fr, domain, seed)
+        add_to_coco(coco, meta["file_name"], size, fr.boxes, {"camera_id": meta["camera_id"]})
+        rows.append(meta)
+        if progress:
+            progress(1)
+    (out / "annotations.coco.json").write_text(json.dumps(coco))
+    pd.DataFrame(rows).to_parquet(out / "metadata.parquet", index=False)
+    cams = make_cameras(domain, seed, size)
+    (out / "cameras.json").write_text(json.dumps([c.to_dict() for c in cams], indent=1))
+    counts = pd.Series([a["category_id"] for a in coco["annotations"]]).value_counts()
+    return {
+        "frames": n,
+        "boxes": {c: int(counts.get(CATEGORY_IDS[c], 0)) for c in CLASSES},
+        "conditions": pd.Series([r["condition"] for r in rows]).value_counts().to_dict(),
+        "out": str(out),
+    }
