@@ -20,12 +20,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchkit import Row, command_line, finish, fmt, loadavg, log, machine_facts  # noqa: E402
-from cityloop.models.runtime import decode_image  # noqa: E402
 
 from cityloop.analysis.params import AnalysisParams  # noqa: E402
 from cityloop.analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
 from cityloop.analysis.rules import SCENARIOS  # noqa: E402
 from cityloop.analysis.zones import read_cameras  # noqa: E402
+from cityloop.models.runtime import decode_image  # noqa: E402
 from cityloop.scenes.video import generate_video  # noqa: E402
 
 SECTION = "## Video analysis"

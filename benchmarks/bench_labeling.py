@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
-from cityloop.labeling.server import LS_VERSION  # noqa: E402
 
 from cityloop.core.settings import quiet_env  # noqa: E402
+from cityloop.labeling.server import LS_VERSION  # noqa: E402
 
 SECTION = "## Labeling"
 
@@ -36,16 +36,15 @@ def free_port() -> int:
 
 
 def run(tmp: Path, n_tasks: int) -> list[Row]:
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
     from cityloop.labeling.annotator import ErrorModel, run_team, truth_from_folder
     from cityloop.labeling.project import LabelingProject, client
     from cityloop.labeling.pull import pull
     from cityloop.labeling.push import PushParams, label_classes, push
     from cityloop.labeling.server import LabelStudioServer
-    from cityloop.models.registry import Registry
     from cityloop.models.runtime import OnnxDetector
-
-    from cityloop.governance.gate import GateParams
-    from cityloop.governance.repository import DataRepository
+    from cityloop.models.store import ModelStore
     from cityloop.scenes.frames import generate_frames
     from tests.conftest import build_model_workspace
 
@@ -75,7 +74,7 @@ def run(tmp: Path, n_tasks: int) -> list[Row]:
         t = time.perf_counter()
         server.start(timeout=600)
         rows.append(Row("Label Studio restart", time.perf_counter() - t, "s", "same data dir"))
-        mv = Registry(ws.root).get(ws.model_id)
+        mv = ModelStore(ws.root).get(ws.model_id)
         proj = LabelingProject(client(server.url, server.credentials().token), ws.root, "bench", server.media,
                                server.url)
         proj.ensure(label_classes(mv.card))

@@ -50,7 +50,6 @@ def configure(ws: Path, ls, budget: int, edge: bool, port: int) -> None:
 def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
     """Wall seconds of the round, seconds per stage, stage calls."""
     from cityloop.flows.loop import loop_params, prefect_call
-
     from cityloop.loop.runner import direct, run_loop
 
     os.environ["CITYLOOP_ROOT"] = str(ws)
@@ -81,7 +80,6 @@ def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
 def run(tmp: Path, budget: int, edge: bool) -> list[Row]:
     from cityloop.bento.serving import free_port
     from cityloop.labeling.server import LabelStudioServer
-
     from tests.conftest import build_model_workspace
 
     log("building a trained workspace (tiny model) …")

@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
+
 from cityloop.models.card import ModelCard
 from cityloop.models.components.detector import Detector, DetectorConfig
 from cityloop.models.export import check_parity, export_onnx, quantize_int8, torch_outputs
 from cityloop.models.runtime import OnnxDetector, decode_image, preprocess
-
 from cityloop.scenes.frames import iter_frames
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
+
 from cityloop.bento.serving import free_port, start_server, stop_server  # noqa: E402
-from cityloop.models.registry import Registry  # noqa: E402
 from cityloop.models.runtime import OnnxDetector, decode_image  # noqa: E402
+from cityloop.models.store import ModelStore  # noqa: E402
 
 SECTION = "## Serving"
 
@@ -121,7 +122,7 @@ def edge_node_memory(root: Path, model_id: str, frames_dir: Path, seconds: float
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:
-    reg = Registry(args.root, track=False)
+    reg = ModelStore(args.root, track=False)
     mv = reg.get(args.model)
     frames = sorted(args.images.glob("*.jpg"))[: args.frames] if args.images else []
     tmp = Path(tempfile.mkdtemp(prefix="cityloop-bench-serving-"))

@@ -48,10 +48,10 @@ def render(domain: str, n: int, seed: int) -> tuple[list[np.ndarray], list[np.nd
 
 def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, dict[str, float]]:
     import torch
+
     from cityloop.models.card import OutputSpec
     from cityloop.models.evaluate import evaluate
     from cityloop.models.runtime import Detection, decode_centernet
-
     from cityloop.scenes.world import CLASSES
 
     model.eval()
@@ -70,10 +70,10 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int) -> list[Row]:
     import torch
+
     from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.data import Augment, draw_targets
     from cityloop.models.module import detection_loss
-
     from cityloop.scenes.world import CLASSES
 
     torch.set_num_threads(threads)

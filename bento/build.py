@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from cityloop.models.registry import Registry
+
+from cityloop.models.store import ModelStore
 
 # The modules the bento carries, found in the installed package (editable or not), and where they go
 # in the build context: the same import paths as here (`cityloop.bento.service:Detector`).
@@ -108,7 +109,7 @@ def bento_path(root: Path, tag: str) -> Path:
 def build_bento(root: Path, model_id: str, out_dir: Path | None = None) -> BentoBuild:
     """Build (or reuse, same tag = same model and code) the bento of `model_id` and export it."""
     root = Path(root).resolve()
-    mv = Registry(root, track=False).get(model_id)
+    mv = ModelStore(root, track=False).get(model_id)
     tag = bento_tag(mv.id, mv.path)
     path = bento_path(root, tag)
     out_dir = Path(out_dir or root / "artifacts" / "bentos")

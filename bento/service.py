@@ -21,9 +21,10 @@ from typing import Annotated
 
 import bentoml
 import numpy as np
+from pydantic import AfterValidator, BaseModel, Field
+
 from cityloop.models.card import ModelCard
 from cityloop.models.runtime import OnnxDetector, decode_image
-from pydantic import AfterValidator, BaseModel, Field
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 

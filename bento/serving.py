@@ -6,8 +6,6 @@ A server runs in its own process group, so `stop()` takes its workers down with 
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -15,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
 from cityloop.bento.build import bento_env, bentoml_bin
+from cityloop.core.procs import alive, cmdline, stop_group, tail
 
 SERVICE = "cityloop.bento.service:Detector"
 
@@ -29,54 +29,24 @@ class ServingError(RuntimeError):
         self.retry_after = retry_after
 
 
-class Pid:
-    """A process this process did not start (a server adopted after a restart): poll/wait by pid."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        try:
-            os.kill(self.pid, 0)
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state == "Z":  # a zombie nobody reaped: gone for our purposes
-                self.returncode = -9
-                return self.returncode
-            return None
-        except FileNotFoundError:
-            return None
-        except ProcessLookupError:
-            self.returncode = -9
-            return self.returncode
-        except PermissionError:
-            return None
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
-            time.sleep(0.1)
-        return self.returncode or 0
-
-
 @dataclass
 class Server:
-    """One `bentoml serve` process on 127.0.0.1."""
+    """One `bentoml serve` process on 127.0.0.1 (its pid is its process group)."""
 
-    proc: subprocess.Popen | Pid
+    pid: int
     port: int
     log_path: Path
     target: str
     env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None  # when started by this process (None: adopted after a restart)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Running (not a zombie); our own child is polled so its exit code stays known."""
+        return self.proc.poll() is None if self.proc is not None else alive(self.pid)
 
 
 def serve_env(section: dict | None) -> dict[str, str]:
@@ -106,7 +76,8 @@ def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path |
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([bentoml_bin(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(proc, port, log_path, target, {k: v for k, v in (extra_env or {}).items() if "TOKEN" not in k})
+    server = Server(proc.pid, port, log_path, target,
+                    {k: v for k, v in (extra_env or {}).items() if "TOKEN" not in k}, proc)
     try:
         wait_ready(server, timeout)
     except BaseException:
@@ -116,9 +87,10 @@ def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path |
 
 
 def adopt_server(pid: int, port: int, target: str, log_path: Path) -> Server | None:
-    """The still-running server of a previous (killed) run, if it is alive and ready on `port`."""
-    server = Server(Pid(pid), port, Path(log_path), target)
-    if not server.alive():
+    """The still-running server of a previous (killed) run, if it is alive and ready on `port`
+    (a recycled pid that is not a `bentoml serve` is neither adopted nor stopped)."""
+    server = Server(pid, port, Path(log_path), target)
+    if not server.alive() or "bentoml" not in cmdline(pid):
         return None
     try:
         if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
@@ -134,45 +106,25 @@ def wait_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise RuntimeError(f"bentoml serve exited ({server.proc.returncode}):\n{_tail(server.log_path)}")
+            code = server.proc.returncode if server.proc is not None else "?"
+            raise RuntimeError(f"bentoml serve exited ({code}):\n{tail(server.log_path, 40)}")
         try:
             if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{_tail(server.log_path)}")
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
+    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{tail(server.log_path, 40)}")
 
 
 def stop_server(server: Server, grace: float = 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
-    if server.proc.poll() is not None:
-        _kill_group(server.proc.pid, signal.SIGKILL)
-        return
-    _kill_group(server.proc.pid, signal.SIGTERM)
-    try:
-        server.proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_group(server.proc.pid, signal.SIGKILL)
-    try:
-        server.proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    stop_group(server.pid, grace)
+    if server.proc is not None:
+        try:
+            server.proc.wait(5)  # reap it
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class DetectorClient:

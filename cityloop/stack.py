@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,45 +22,15 @@ from pathlib import Path
 
 import requests
 
-from cityloop.core.procs import alive, stop_group
-from cityloop.core.settings import QUIET_ENV, from_section, load_params
+from cityloop.core.procs import ManagedProcess, ProcessError
+from cityloop.core.settings import QUIET_ENV, load_section
+from cityloop.flows.params import READY_FILE, stack_params
 
 HOST = "127.0.0.1"
-READY_FILE = "deployments.json"  # the serve process writes the deployment names here, then registers them
 
 
 class StackError(RuntimeError):
     """A component could not be started or reached; the message says why and where the log is."""
-
-
-@dataclass
-class StackParams:
-    """params.yaml `stack:`: ports, schedules and trigger thresholds of `cityloop up`."""
-
-    prefect_port: int = 4200
-    labelstudio: bool = True              # start Label Studio with the stack (its port: labeling.port)
-    poll_seconds: int = 5                 # how often the serve process asks for scheduled runs
-    start_timeout_s: float = 120.0
-    stop_timeout_s: float = 15.0
-    patrol_cron: str = "0 2 * * *"
-    patrol_streams: str = "data/raw/field-video"   # relative to the workspace
-    patrol_model: str = "cityloop-detector:latest"
-    hard_examples_min: int = 300          # new edge frames pooled before cityloop.hard-examples.ready
-    hard_examples_dataset: str = "edge-hard"
-    label_annotators: str = "people"      # annotators of a triggered labeling batch
-    label_model: str = "cityloop-detector:latest"
-    label_threshold: int = 1              # ready events ...
-    label_within_s: int = 0               # ... within this window start a batch (0: each one does)
-    train_parent: str = "cityloop-detector:latest"
-    train_promote: bool = True
-    train_threshold: int = 1              # new labeled versions ...
-    train_within_s: int = 0               # ... within this window start a fine-tune
-    timezone: str = "UTC"
-    dask_address: str | None = None       # patrol's Dask scheduler at scale (else a LocalCluster per run)
-
-
-def stack_params(root: Path) -> StackParams:
-    return from_section(StackParams, load_params(Path(root)).get("stack"), "stack")
 
 
 @dataclass
@@ -87,60 +56,6 @@ class StackStatus:
 # --------------------------------------------------------------------- processes
 
 
-class ManagedProcess:
-    """One child process: pid file + log in `state`, a marker that its command line must contain
-    (a recycled pid of someone else's process is not taken for ours)."""
-
-    def __init__(self, name: str, state: Path, cmd: list[str], env: dict[str, str], cwd: Path, marker: str) -> None:
-        self.name, self.state, self.cmd, self.env, self.cwd, self.marker = name, state, cmd, env, cwd, marker
-        self.pid_file, self.log_file = state / f"{name}.pid", state / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def pid(self) -> int | None:
-        """The recorded pid if that process is alive and ours; a stale pid file is removed."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        if not alive(pid) or self.marker not in _cmdline(pid):
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        return pid
-
-    def launch(self) -> int:
-        self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.cmd)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid_file.write_text(str(self.proc.pid))
-        return self.proc.pid
-
-    def wait(self, ready: Callable[[], bool], timeout: float) -> None:
-        """Until ready(); raises StackError (the log's tail included) when the child exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise StackError(f"{self.name} exited with {self.proc.returncode}; see {self.log_file}:\n"
-                                 f"{_tail(self.log_file)}")
-            if ready():
-                return
-            time.sleep(0.5)
-        raise StackError(f"{self.name} was not ready within {timeout:.0f} s; see {self.log_file}:\n"
-                         f"{_tail(self.log_file)}")
-
-    def stop(self, timeout: float = 15.0) -> bool:
-        """SIGTERM to the process group, SIGKILL after `timeout`. True if one was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        stop_group(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-
 # ------------------------------------------------------------------------- stack
 
 
@@ -155,7 +70,9 @@ class Stack:
         self.prefect_home = self.root / ".cityloop" / "prefect"
         last = self._last()
         self.port = prefect_port or last.get("prefect_port") or self.params.prefect_port
-        ls_default = (load_params(self.root).get("labeling") or {}).get("port", 8089)
+        from cityloop.labeling.params import LabelingParams
+
+        ls_default = load_section(self.root, "labeling", LabelingParams).port
         self.ls_port = labelstudio_port or last.get("labelstudio_port") or ls_default
         self.url = f"http://{HOST}:{self.port}"
         self.api_url = f"{self.url}/api"
@@ -284,10 +201,10 @@ class Stack:
                 raise StackError(f"Label Studio: {exc}") from exc
         try:
             self.server.wait(self.healthy, timeout)
-        except StackError:
+        except ProcessError as exc:
             if started_server:
                 self.server.stop(self.params.stop_timeout_s)
-            raise
+            raise StackError(str(exc)) from exc
         serve_pid = self.serve.pid()
         if serve_pid is not None and started_server:  # a serve process left from a server that went away
             self.serve.stop(self.params.stop_timeout_s)
@@ -295,12 +212,12 @@ class Stack:
         if serve_pid is None:
             since = time.time()
             self.serve.launch()
-            say("starting the serve process (python -m flows.deployments): registering the deployments")
+            say("starting the serve process (python -m cityloop.flows.deployments): registering the deployments")
             try:
                 self.serve.wait(lambda: self._registered(since), timeout)
-            except StackError:
+            except ProcessError as exc:
                 self.serve.stop(self.params.stop_timeout_s)
-                raise
+                raise StackError(str(exc)) from exc
         return self.status()
 
     def down(self) -> dict[str, bool]:
@@ -334,13 +251,6 @@ class Stack:
 # ----------------------------------------------------------------------- helpers
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _port_busy(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -349,10 +259,3 @@ def _port_busy(host: str, port: int) -> bool:
 
 def port_busy(port: int, host: str = HOST) -> bool:
     return _port_busy(host, port)
-
-
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""

@@ -24,20 +24,20 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from cityloop.flows.governance import DATASET_EVENT, ingest
-from cityloop.flows.hard_examples import HARD_READY_EVENT, hard_examples_flow
-from cityloop.flows.labeling import label_flow
-from cityloop.flows.loop import closed_loop
-from cityloop.flows.patrol import patrol_flow
-from cityloop.flows.release import release
-from cityloop.flows.reports import weekly_deployment
-from cityloop.flows.training import train_flow
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from cityloop.core.settings import find_root, load_params
-from cityloop.stack import READY_FILE, stack_params
+from cityloop.flows.governance import DATASET_EVENT, ingest
+from cityloop.flows.hard_examples import HARD_READY_EVENT, hard_examples_flow
+from cityloop.flows.labeling import label_flow
+from cityloop.flows.loop import closed_loop
+from cityloop.flows.params import READY_FILE, stack_params
+from cityloop.flows.patrol import patrol_flow
+from cityloop.flows.release import release
+from cityloop.flows.reports import weekly_deployment
+from cityloop.flows.training import train_flow
 
 TAGS = ["cityloop"]
 

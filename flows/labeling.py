@@ -18,7 +18,7 @@ LABEL_EVENT, READY_EVENT = "cityloop.label.created", "cityloop.labels.ready"
 
 
 def _open(root: str):
-    from cityloop.labeling.settings import open_workspace
+    from cityloop.labeling.project import open_workspace
 
     return open_workspace(Path(root))
 
@@ -27,11 +27,11 @@ def _open(root: str):
 def push_task(root: str, data: str, model: str, budget: int | None, strategy: str | None) -> dict:
     """Score the pool, select the batch, import it with pre-annotations and honeypots."""
     from cityloop.labeling.push import label_classes, labeled_elsewhere, push
-    from cityloop.models.registry import Registry
     from cityloop.models.runtime import OnnxDetector
+    from cityloop.models.store import ModelStore
 
     params, project, repo, _ = _open(root)
-    mv = Registry(Path(root)).get(model)
+    mv = ModelStore(Path(root)).get(model)
     project.ensure(label_classes(mv.card))
     res = push(project, repo, OnnxDetector(mv.model_path, mv.card, threads=2), mv.id, data,
                params.push_params(budget=budget, strategy=strategy),
@@ -128,9 +128,8 @@ def label_flow(data: str = "field-pool@latest", model: str = "cityloop-detector:
 @task(name="pool")
 def pool_task(root: str, frames: int, seed: int) -> str:
     """A field pool as cameras deliver it: simulator frames ingested unlabeled (truth kept aside)."""
-    from cityloop.labeling.demo import make_pool
-
     from cityloop.governance import versioning
+    from cityloop.labeling.demo import make_pool
 
     existing = versioning.list_versions(Path(root), "field-pool")
     return existing[-1].id if existing else make_pool(Path(root), frames, seed)
@@ -159,11 +158,10 @@ def labeling_demo(root: str | None = None, model: str = "cityloop-detector:lates
 
 
 def _open_params(root: str):
-    from cityloop.labeling.settings import LabelingParams
+    from cityloop.core.settings import load_section
+    from cityloop.labeling.params import LabelingParams
 
-    from cityloop.core.settings import load_params
-
-    return LabelingParams.from_dict(load_params(Path(root)).get("labeling", {}))
+    return load_section(Path(root), "labeling", LabelingParams)
 
 
 def emit_label(info: dict) -> None:

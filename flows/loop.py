@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 
 
 def prefect_call(name: str, fn: Callable, *args: Any) -> Any:
@@ -28,34 +28,32 @@ def labelstudio_task(root: str) -> str:
     """Start (or find) the workspace's Label Studio server; an external one (LABEL_STUDIO_URL) is used as is."""
     import os
 
+    from cityloop.labeling.params import LabelingParams
     from cityloop.labeling.server import ENV_URL, LabelStudioServer
-    from cityloop.labeling.settings import LabelingParams
 
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
-    port = LabelingParams.from_dict(load_params(Path(root)).get("labeling", {})).port
+    port = load_section(Path(root), "labeling", LabelingParams).port
     return LabelStudioServer(Path(root), port=port).start().url
 
 
 def loop_params(root: str, **over: Any):
     from cityloop.loop.params import LoopParams
 
-    return LoopParams.from_dict({**(load_params(Path(root)).get("loop") or {}),
-                                 **{k: v for k, v in over.items() if v is not None}})
+    return load_section(Path(root), "loop", LoopParams, **over)
 
 
 def ensure_base(root: str, base: str) -> str:
     """Round 0's inputs: the demo datasets and the lab-trained model (made by their flows when missing)."""
-    from cityloop.models.registry import ModelNotFoundError, Registry
-
     from cityloop.governance import versioning
+    from cityloop.models.store import ModelNotFoundError, ModelStore
 
     if not versioning.list_versions(Path(root), "lab"):
         from cityloop.flows.governance import governance_demo
 
         governance_demo(root=root)
     try:
-        return Registry(Path(root), track=False).get(base).id
+        return ModelStore(Path(root), track=False).get(base).id
     except ModelNotFoundError:
         from cityloop.flows.training import train_flow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect_dask import DaskTaskRunner
 
-from cityloop.analysis.config import analysis_params, store_url
+from cityloop.analysis.params import analysis_params, store_url
 from cityloop.analysis.patrol import patrol_one, score_run
 from cityloop.analysis.zones import read_cameras
 from cityloop.core.settings import find_root, load_params

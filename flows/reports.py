@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, serve, task
 from prefect.artifacts import create_link_artifact
 
-from cityloop.analysis.config import store_url
+from cityloop.analysis.params import store_url
 from cityloop.analysis.report import weekly_report
 from cityloop.analysis.store import EventStore
 from cityloop.core.settings import find_root, load_params

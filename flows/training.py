@@ -1,6 +1,7 @@
 """Prefect flow `train`: train → export → parity → register → evaluate (→ promote).
 
-Orchestration only: every task calls plain functions of `models`.
+Orchestration only: `cityloop.models.lifecycle.build_version` is the sequence (each of its steps
+a task run here, through `as_task`); evaluation, INT8 and promotion are plain functions of models.
 """
 
 from __future__ import annotations
@@ -8,48 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cityloop.models.card import ModelCard
-from cityloop.models.package import evaluate_split, export_step, int8_step, parity_step, registry_for, train_step
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from cityloop.core.settings import find_root, load_params
-
-
-@task(name="train")
-def train_task(root: str, data: str, params: dict, parent: str | None) -> dict:
-    """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent."""
-    return train_step(Path(root), data, params, parent)
-
-
-@task(name="export")
-def export_task(root: str, run: dict) -> tuple[str, dict]:
-    """Export the plain module to one self-contained ONNX file and write its card."""
-    path, card = export_step(Path(root), run, Path(run["run_dir"]))
-    return str(path), card.to_dict()
-
-
-@task(name="parity")
-def parity_task(root: str, run: dict, onnx_path: str, card: dict, n: int, tolerance: float) -> dict:
-    """Same frames through torch and onnxruntime: raw outputs and decoded boxes must agree."""
-    return parity_step(Path(root), run, Path(onnx_path), ModelCard.from_dict(card), n, tolerance)
-
-
-@task(name="register")
-def register_task(root: str, onnx_path: str, card: dict, run: dict, parity: dict) -> str:
-    """Register the version (refused by the registry when parity failed)."""
-    reg = registry_for(Path(root))
-    return reg.register(Path(onnx_path), ModelCard.from_dict(card), {"weights.pt": Path(run["weights"])}, parity).id
-
-
-@task(name="evaluate")
-def evaluate_task(root: str, model_id: str, data: str) -> dict:
-    """Benchmark set (field) through the registry, and the training data's test split (lab)."""
-    reg = registry_for(Path(root))
-    bench = reg.evaluate(model_id)
-    mv = reg.get(model_id)
-    test = evaluate_split(Path(root), mv.model_path, mv.card, data, "test")
-    return {"benchmark": bench, "test": test}
+from cityloop.flows.steps import as_task
+from cityloop.models.card import ModelCard
+from cityloop.models.gate import open_gate
+from cityloop.models.lifecycle import build_version, evaluate_version, int8_step
 
 
 @task(name="int8")
@@ -59,9 +26,9 @@ def int8_task(root: str, run: dict, onnx_path: str, card: dict, fp32: dict, max_
     if res["passed"]:
         parity = {"passed": True, "status": "int8 within mAP tolerance of the parity-checked FP32",
                   "reason": res["reason"]}
-        mv = registry_for(Path(root)).register(Path(res["path"]), ModelCard.from_dict(res["card"]),
-                                               {"weights.pt": Path(run["weights"])}, parity,
-                                               evaluation=res["metrics"])
+        mv = open_gate(Path(root)).store.register(Path(res["path"]), ModelCard.from_dict(res["card"]),
+                                                  {"weights.pt": Path(run["weights"])}, parity,
+                                                  evaluation=res["metrics"])
         res["model"] = mv.id
     return {k: v for k, v in res.items() if k not in ("metrics", "card")}
 
@@ -69,7 +36,7 @@ def int8_task(root: str, run: dict, onnx_path: str, card: dict, fp32: dict, max_
 @task(name="promote")
 def promote_task(root: str, model_id: str) -> dict:
     """The promotion gate: target, no condition regression, parity, latency."""
-    return registry_for(Path(root)).promote(model_id).to_dict()
+    return open_gate(Path(root)).promote(model_id).to_dict()
 
 
 def report(model_id: str, run: dict, parity: dict, metrics: dict, decision: dict | None) -> str:
@@ -108,12 +75,9 @@ def train_flow(data: str = "lab@latest", parent: str | None = None, promote: boo
     tp = params.get("train", {})
     tp = {k: v for k, v in tp.items() if k != "data"}
     ex = params.get("export", {})
-    run = train_task(root, data, tp, parent)
-    onnx_path, card = export_task(root, run)
-    parity = parity_task(root, run, onnx_path, card, ex.get("parity_frames", 16),
-                         params.get("registry", {}).get("parity_tolerance", 1e-4))
-    model_id = register_task(root, onnx_path, card, run, parity)
-    metrics = evaluate_task(root, model_id, data)
+    built = build_version(Path(root), data, tp, parent=parent, step=as_task)
+    model_id, run, parity, onnx_path, card = (built[k] for k in ("model", "run", "parity", "onnx", "card"))
+    metrics = as_task("evaluate", evaluate_version, Path(root), model_id, run["data"])
     int8 = (int8_task(root, run, onnx_path, card, metrics["benchmark"], ex.get("int8_max_delta", 0.02))
             if ex.get("int8") else None)
     decision = promote_task(root, model_id) if promote else None

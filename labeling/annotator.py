@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cityloop.labeling.convert import Box, no_objects_result, to_result
 
 from cityloop.governance.schema import CLASSES
+from cityloop.labeling.convert import Box, no_objects_result, to_result
 
 MIN_DRAWN = 4.0  # px: the smallest box an annotator drags in the editor
 # the confusions people make: helmet cue missed, a stall taken for garbage, and so on

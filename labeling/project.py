@@ -8,12 +8,17 @@ Local state beside the server's (never inside Label Studio, where annotators cou
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cityloop.labeling.convert import config_classes, label_config
+
+if TYPE_CHECKING:
+    from cityloop.labeling.params import LabelingParams
 
 
 class LabelStudioAPIError(RuntimeError):
@@ -195,3 +200,35 @@ def annotator_email(name: str) -> str:
 
 def _name(email: str) -> str:
     return email.split("@")[0] if email.endswith("@annotators.cityloop.local") else email
+
+
+# ------------------------------------------------------------------ a workspace's project
+MEDIA_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+
+
+def open_project(root: Path, params: LabelingParams, url: str | None = None,
+                 token: str | None = None) -> LabelingProject:
+    """The workspace's project on its Label Studio server (URL/token from the environment or the server's state)."""
+    from cityloop.labeling.server import ENV_TOKEN, ENV_URL, LabelStudioServer
+
+    server = LabelStudioServer(root, port=params.port)
+    url = url or os.environ.get(ENV_URL) or server.url
+    token = token or os.environ.get(ENV_TOKEN) or server.credentials().token
+    # frames must land inside the server's local-files document root (its own setting, for an external server)
+    media = Path(os.environ.get(MEDIA_ENV) or server.media)
+    return LabelingProject(client(url, token), root, params.project, media, url)
+
+
+def open_workspace(root: Path, params: LabelingParams | None = None, url: str | None = None,
+                   token: str | None = None):
+    """(params, project, data repository, gate params) of a workspace: what push and pull need."""
+    from cityloop.core.settings import load_params
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
+    from cityloop.labeling.params import LabelingParams
+
+    all_params = load_params(Path(root))
+    params = params or LabelingParams.from_dict(all_params.get("labeling", {}))
+    gate = GateParams.from_dict({**all_params.get("gate", {}), **params.gate})
+    repo = DataRepository(Path(root), gate, tuple(all_params.get("ingest", {}).get("holdout", ())))
+    return params, open_project(Path(root), params, url, token), repo, gate

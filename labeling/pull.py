@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from cityloop.labeling.annotator import annotator_id
-from cityloop.labeling.convert import Box, ParsedAnnotation, parse_result, to_coco
-from cityloop.labeling.project import LabelingProject
-from cityloop.labeling.quality import QualityReport, assess
 
 from cityloop.governance.gate import GateParams, find_suites, run_batch_gate
 from cityloop.governance.repository import DataRepository
 from cityloop.governance.schema import ANNOTATION_COLUMNS, CATEGORY_IDS
 from cityloop.governance.store import FrameStore
+from cityloop.labeling.annotator import annotator_id
+from cityloop.labeling.convert import Box, ParsedAnnotation, parse_result, to_coco
+from cityloop.labeling.project import LabelingProject
+from cityloop.labeling.quality import QualityReport, assess
 
 
 @dataclass

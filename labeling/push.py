@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from cityloop.labeling.convert import Box, coco_boxes, to_result
-from cityloop.labeling.project import LabelingProject, TaskRecord
-from cityloop.labeling.select import Candidate, select
 
 from cityloop.governance.repository import DataRepository
 from cityloop.governance.store import FrameStore
+from cityloop.labeling.convert import Box, coco_boxes, to_result
+from cityloop.labeling.project import LabelingProject, TaskRecord
+from cityloop.labeling.select import Candidate, select
 
 
 @dataclass
@@ -47,9 +47,8 @@ class PushResult:
 
 def label_classes(card) -> list[str]:
     """The classes annotators box for a model: the platform classes its outputs map onto, in platform order."""
-    from cityloop.models.registry import model_classes
-
     from cityloop.governance.schema import CLASSES
+    from cityloop.models.store import model_classes
 
     mapped = set(model_classes(card))
     return [c for c in CLASSES if c in mapped]

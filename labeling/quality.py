@@ -1,7 +1,7 @@
 """Annotation quality: agreement with known answers (honeypots) and between annotators.
 
-Agreement of two box sets is the F1 of a greedy one-to-one matching at IoU >= `iou` with equal
-class (1.0 when both are empty), the same per-box notion COCO evaluation uses at mAP@0.5.
+Agreement of two box sets is the F1 of a one-to-one matching at IoU >= `min_iou` with equal class
+(1.0 when both are empty): cityloop.core.geometry.agreement, shared with the canary comparison.
 """
 
 from __future__ import annotations
@@ -12,32 +12,20 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
+
+from cityloop.core import geometry
 from cityloop.labeling.convert import Box
 
 
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
-
-
 def agreement(a: Sequence[Box], b: Sequence[Box], min_iou: float = 0.5) -> float:
-    """F1 of matching `a` against `b` (same class, IoU >= min_iou, greedy by IoU)."""
-    if not a and not b:
-        return 1.0
-    pairs = sorted(((iou(x, y), i, j) for i, x in enumerate(a) for j, y in enumerate(b) if x.cls == y.cls),
-                   reverse=True)
-    used_a, used_b, tp = set(), set(), 0
-    for v, i, j in pairs:
-        if v < min_iou:
-            break
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            tp += 1
-    return 2.0 * tp / (len(a) + len(b))
+    """F1 of matching `a` against `b` (same class, IoU >= min_iou): cityloop.core.geometry.agreement,
+    the number the canary comparison uses too."""
+    return geometry.agreement([_xyxy(x) for x in a], [_xyxy(y) for y in b], min_iou,
+                              a_cls=[x.cls for x in a], b_cls=[y.cls for y in b])
+
+
+def _xyxy(b: Box) -> geometry.Box:
+    return geometry.Box.from_xywh(b.x, b.y, b.w, b.h)
 
 
 @dataclass

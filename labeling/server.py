@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from cityloop.core.procs import stop_group
+from cityloop.core.procs import ManagedProcess, tail
 
 LS_VERSION = "1.23.2"
 ENV_USER, ENV_PASSWORD, ENV_TOKEN, ENV_URL = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD",
@@ -75,6 +75,12 @@ class LabelStudioServer:
         self.data_dir = self.state / "data"
         self.media = self.state / "media"  # local-files document root (frames served to annotators)
         self.pid_file, self.log_file = self.state / "server.pid", self.state / "server.log"
+
+    def process(self, env: dict[str, str] | None = None) -> ManagedProcess:
+        """The server as a managed process (`server.pid`, `server.log` in the state dir)."""
+        return ManagedProcess("server", self.state, [str(self.executable), "start", "--no-browser", "--internal-host",
+                                                     self.host, "--port", str(self.port), "--data-dir",
+                                                     str(self.data_dir)], env, cwd=self.state, marker="label-studio")
 
     @property
     def url(self) -> str:
@@ -138,19 +144,8 @@ class LabelStudioServer:
 
     # ------------------------------------------------------------------ lifecycle
     def pid(self) -> int | None:
-        """The recorded pid if that process is alive (a stale pid file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        """The recorded pid if that process is alive and Label Studio (a stale pid file is removed)."""
+        return self.process().pid()
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
@@ -167,15 +162,11 @@ class LabelStudioServer:
         if _port_busy(self.host, self.port):
             raise LabelStudioError(f"port {self.port} on {self.host} is taken by another process; "
                                    f"choose another with --port")
-        exe = self.ensure_installed()
+        self.ensure_installed()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.media.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", self.host,
-                                 "--port", str(self.port), "--data-dir", str(self.data_dir)],
-                                env=self.server_env(creds), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.state)
-        self.pid_file.write_text(str(proc.pid))
+        proc = self.process(self.server_env(creds))
+        proc.launch()
         try:
             self.wait_api(creds, timeout, proc)
         except LabelStudioError:
@@ -183,13 +174,13 @@ class LabelStudioServer:
             raise
         return self.status("started")
 
-    def wait_api(self, creds: Credentials, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    def wait_api(self, creds: Credentials, timeout: float, proc: ManagedProcess | None = None) -> None:
         """Block until GET /api/current-user/whoami answers 200 with the token."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise LabelStudioError(f"Label Studio exited with {proc.returncode}; see {self.log_file}:\n"
-                                       f"{_tail(self.log_file)}")
+            if proc is not None and proc.exited() is not None:
+                raise LabelStudioError(f"Label Studio exited with {proc.exited()}; see {self.log_file}:\n"
+                                       f"{tail(self.log_file, 30)}")
             try:
                 r = requests.get(f"{self.url}/api/current-user/whoami",
                                  headers={"Authorization": f"Token {creds.token}"}, timeout=3)
@@ -206,12 +197,7 @@ class LabelStudioServer:
 
     def stop(self, timeout: float = 20.0) -> bool:
         """Stop the server (SIGTERM to its process group, then SIGKILL). True if one was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        stop_group(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return self.process().stop(timeout)
 
     def status(self, message: str = "") -> ServerStatus:
         pid = self.pid()
@@ -225,13 +211,6 @@ class LabelStudioServer:
 def _port_busy(host: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from cityloop.core.web import send_json
+
+WEBHOOK_SECRET_ENV = "CITYLOOP_WEBHOOK_SECRET"
 
 SECRET_HEADER = "X-Cityloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
@@ -89,31 +94,23 @@ class WebhookReceiver:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/health":
-                    return self._reply(200, {"ok": True, **receiver.counter.counts()})
-                self._reply(404, {"error": "POST /webhook"})
+                    return send_json(self, 200, {"ok": True, **receiver.counter.counts()})
+                send_json(self, 404, {"error": "POST /webhook"})
 
             def do_POST(self) -> None:
                 if self.path.rstrip("/") != "/webhook":
-                    return self._reply(404, {"error": "POST /webhook"})
+                    return send_json(self, 404, {"error": "POST /webhook"})
                 given = (self.headers.get(SECRET_HEADER) or "").encode()
                 if not hmac.compare_digest(given, receiver._secret):
-                    return self._reply(401, {"error": f"missing or wrong {SECRET_HEADER}"})
+                    return send_json(self, 401, {"error": f"missing or wrong {SECRET_HEADER}"})
                 size = int(self.headers.get("Content-Length") or 0)
                 if size > MAX_BODY:
-                    return self._reply(413, {"error": f"payload over {MAX_BODY} bytes"})
+                    return send_json(self, 413, {"error": f"payload over {MAX_BODY} bytes"})
                 try:
                     payload = json.loads(self.rfile.read(size) or b"{}")
-                    self._reply(200, receiver.handle(payload))
+                    send_json(self, 200, receiver.handle(payload))
                 except (ValueError, KeyError, TypeError) as exc:
-                    self._reply(400, {"error": f"not a Label Studio annotation webhook: {exc}"})
-
-            def _reply(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    send_json(self, 400, {"error": f"not a Label Studio annotation webhook: {exc}"})
 
         return Handler
 
@@ -165,3 +162,11 @@ def register(ls, project_id: int, url: str, secret: str) -> int:
             return h.id
     return ls.webhooks.create(project=project_id, url=url, headers={SECRET_HEADER: secret}, send_payload=True,
                               send_for_all_actions=False, actions=list(ACTIONS[:2])).id
+
+
+def webhook_secret() -> str:
+    """The shared secret Label Studio sends with each webhook (environment only)."""
+    secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
+    if not secret:
+        raise RuntimeError(f"set {WEBHOOK_SECRET_ENV} to a shared secret for the webhook receiver")
+    return secret

@@ -10,10 +10,10 @@ A partner package is a folder:
                     spec, output spec with format "centernet" or "boxes")
     [*.bin ...]     external-data files the model references, if any
 
-`admit(registry, package_dir)` first checks the contract statically (nothing of the partner's
+`admit(gate, package_dir)` first checks the contract statically (nothing of the partner's
 is executed): package layout, manifest, classes, size, ONNX parse, external-data locations,
 opset, operator domains, input and output signature. Only then does onnxruntime open it (a
-session and a smoke run on a blank batch) and score it on the registry's benchmark; it is
+session and a smoke run on a blank batch) and score it on the gate's benchmark; it is
 admitted, and registered with the manifest's vendor and parity "n/a (partner artifact)", only if
 its target metric reaches `admission_fraction * target`. A rejected package is never copied into
 the store. Either way the report goes to `data/models/admissions/<timestamp>-<name>.json` and
@@ -34,20 +34,19 @@ from typing import Any
 
 import numpy as np
 import onnx
+
+from cityloop.governance.schema import CLASSES
 from cityloop.models.card import ModelCard
-from cityloop.models.registry import (
+from cityloop.models.gate import Check, Checked, PromotionGate
+from cityloop.models.store import (
     ADMISSIONS_DIR,
     OWN_VENDOR,
     PARTNER_PARITY,
-    Check,
-    Checked,
-    Registry,
+    ModelStore,
     RegistryError,
     check_model_name,
     model_classes,
 )
-
-from cityloop.governance.schema import CLASSES
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -303,7 +302,7 @@ def check_classes(card: ModelCard) -> Check:
     return Check("classes", not problems, len(mapped), ">= 1 mapped, none unknown", detail)
 
 
-def _parse_manifest(path: Path, registry: Registry) -> tuple[Check, ModelCard | None]:
+def _parse_manifest(path: Path, store: ModelStore) -> tuple[Check, ModelCard | None]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
@@ -322,7 +321,7 @@ def _parse_manifest(path: Path, registry: Registry) -> tuple[Check, ModelCard | 
     if card.task != "detection":
         problems.append(f"task {card.task!r}: only detection is admitted")
     if not problems:
-        others = {mv.card.vendor for mv in registry.list(card.name)} - {card.vendor}
+        others = {mv.card.vendor for mv in store.list(card.name)} - {card.vendor}
         if others:
             problems.append(f"model name {card.name!r} already belongs to vendor(s) {sorted(others)}")
     if problems:
@@ -361,9 +360,10 @@ def _smoke(model_path: Path, card: ModelCard) -> Check:
 # ---------------------------------------------------------------------- admit
 
 
-def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
-    """Check a partner package against the contract, benchmark it, and register it if it qualifies."""
-    params = registry._need_params("admission")
+def admit(gate: PromotionGate, package_dir: Path) -> AdmissionReport:
+    """Check a partner package against the contract, benchmark it (the gate's params: benchmark,
+    target, admission_fraction, max_model_mb), and store it if it qualifies."""
+    params, store = gate.params, gate.store
     created = datetime.now(UTC)
     pkg = Path(package_dir).absolute()
     checks: list[Check] = []
@@ -378,7 +378,7 @@ def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
     checks.append(Check("package", not layout, str(pkg), f"{MODEL_FILE} + {MANIFEST_FILE}",
                         "; ".join(layout) or "model.onnx and manifest.json present"))
     if not layout:
-        mcheck, card = _parse_manifest(manifest_path, registry)
+        mcheck, card = _parse_manifest(manifest_path, store)
         checks.append(mcheck)
         if card is not None:
             checks.append(check_classes(card))
@@ -417,7 +417,7 @@ def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
         try:
             from cityloop.models.evaluate import evaluate_onnx
 
-            metrics = evaluate_onnx(model_path, card, registry.root, params.benchmark,
+            metrics = evaluate_onnx(model_path, card, store.root, params.benchmark,
                                     classes=model_classes(card) or None)
             value = metrics.get(metric)
             checks.append(Check("benchmark", value is not None and value >= threshold, value, threshold,
@@ -433,7 +433,7 @@ def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
     reason = ("all checks passed" if admitted else "failed " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
     report = AdmissionReport(admitted, checks, metrics, reason, None, name, str(pkg),
                              created.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    report_path = registry.dir / ADMISSIONS_DIR / f"{created.strftime('%Y%m%dT%H%M%S%fZ')}-{name}.json"
+    report_path = store.dir / ADMISSIONS_DIR / f"{created.strftime('%Y%m%dT%H%M%S%fZ')}-{name}.json"
     report.path = str(report_path)
 
     def write(version: str | None = None) -> None:
@@ -449,17 +449,17 @@ def admit(registry: Registry, package_dir: Path) -> AdmissionReport:
         if card.version:  # the partner's own version label; ours is assigned at registration
             card = dataclasses.replace(card, extra={**card.extra, "partner_version": card.version})
         try:
-            registry.register(model_path, card, extra_files=external, parity=PARTNER_PARITY, evaluation=metrics,
-                              attach=write, source=str(pkg))
+            store.register(model_path, card, extra_files=external, parity=PARTNER_PARITY, evaluation=metrics,
+                           attach=write, source=str(pkg))
         except RegistryError as exc:  # e.g. refused at registration: keep the report truthful
             report.admitted = False
             report.reason = f"registration refused: {exc}"
-            registry.record([registry._event("rejected", None, why=report.reason, name=name, action="admit",
-                                             package=str(pkg), report=str(report_path))], attach=write)
+            store.record([store.event("rejected", None, why=report.reason, name=name, action="admit",
+                                      package=str(pkg), report=str(report_path))], attach=write)
     else:
-        registry.record([registry._event("rejected", None, why=reason, name=name, action="admit",
-                                         vendor=card.vendor if card else None, package=str(pkg),
-                                         report=str(report_path))], attach=write)
+        store.record([store.event("rejected", None, why=reason, name=name, action="admit",
+                                  vendor=card.vendor if card else None, package=str(pkg),
+                                  report=str(report_path))], attach=write)
     return report
 
 

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from cityloop.models.card import ModelCard
-from cityloop.models.runtime import Detection, OnnxDetector, decode_image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cityloop.governance.schema import CATEGORY_IDS
+from cityloop.models.card import ModelCard
+from cityloop.models.runtime import Detection, OnnxDetector, decode_image
 
 METRICS = ("mAP50", "mAP")
 

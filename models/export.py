@@ -24,9 +24,6 @@ import cv2
 import numpy as np
 import onnx
 import torch
-from cityloop.models.card import ModelCard, OutputSpec
-from cityloop.models.components.detector import Detector
-from cityloop.models.runtime import OnnxDetector, _sigmoid, decode_outputs, preprocess
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -35,6 +32,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from cityloop.models.card import ModelCard, OutputSpec
+from cityloop.models.components.detector import Detector
+from cityloop.models.runtime import OnnxDetector, _sigmoid, decode_outputs, preprocess
 
 BATCH = 32  # frames per forward pass in check_parity and per calibration batch
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from cityloop.models.components.detector import Detector, DetectorConfig
 from torch import nn
+
+from cityloop.models.components.detector import Detector, DetectorConfig
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+
 from cityloop.models.card import InputSpec, ModelCard, OutputSpec
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from cityloop.models.components.detector import Detector
-from cityloop.models.data import Augment, GovernedDataModule
-from cityloop.models.module import DetectorModule, load_weights
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from cityloop.core.settings import from_section
+from cityloop.models.components.detector import Detector
+from cityloop.models.data import Augment, GovernedDataModule
+from cityloop.models.module import DetectorModule, load_weights
 
 
 @dataclass

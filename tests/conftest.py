@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cityloop.labeling.server import LabelStudioServer
 
 from cityloop.core.settings import quiet_env
+from cityloop.labeling.server import LabelStudioServer
 from cityloop.scenes.frames import generate_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +83,9 @@ TINY_TRAIN = {"epochs": 6, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0, "
 def build_model_workspace(ws: Path) -> ModelWorkspace:
     """lab@v1 (120 frames), field-bench@v1 (40), field-pool@v1 (60 unlabeled field frames) and a
     tiny detector trained on lab@v1, exported, parity-checked and registered as cityloop-detector:v1."""
-    from cityloop.models.package import export_step, parity_step, registry_for, train_step
-
     from cityloop.governance.gate import GateParams
     from cityloop.governance.repository import DataRepository
+    from cityloop.models.lifecycle import build_version
 
     make_workspace(ws)
     repo = DataRepository(ws, GateParams.from_dict({"min_frames_per_class": 1}), holdout=("field-bench",))
@@ -99,11 +98,8 @@ def build_model_workspace(ws: Path) -> ModelWorkspace:
     shutil.copytree(ws / "raw" / "field-pool", unlabeled, ignore=shutil.ignore_patterns("annotations.coco.json"))
     DataRepository(ws, GateParams.from_dict({"require_labels": False}), holdout=("field-bench",)).ingest(
         unlabeled, "field-pool", source="field", split="pool", docs=False, push=False)
-    run = train_step(ws, "lab@v1", TINY_TRAIN, runs_dir=ws / ".cityloop" / "runs")
-    path, card = export_step(ws, run, Path(run["run_dir"]))
-    parity = parity_step(ws, run, path, card, 8, 1e-4)
-    mv = registry_for(ws).register(path, card, {"weights.pt": Path(run["weights"])}, parity)
-    return ModelWorkspace(ws, mv.id, "field-pool@v1", ws / "raw" / "field-pool")
+    built = build_version(ws, "lab@v1", TINY_TRAIN, runs_dir=ws / ".cityloop" / "runs", parity_frames=8)
+    return ModelWorkspace(ws, built["model"], "field-pool@v1", ws / "raw" / "field-pool")
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,75 @@ def test_dvc_repro_rebuilds_the_stages(workspace: Path):
     assert again.returncode == 0 and "didn't change" in again.stdout + again.stderr
     tags = subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True).stdout.split()
     assert sorted(tags) == ["data/field-bench/v1", "data/lab/v1"]
+
+
+# ------------------------------------------------- pipes and logs: --json, tables that never cut an id
+
+LONG = "field-labeled-active-s0"  # its version id is wider than the column rich squeezes it into at 60-80 columns
+
+
+def test_data_versions_json_and_a_narrow_table_keep_full_ids(workspace: Path, lab_copy: Path):
+    from cityloop.governance.gate import GateParams
+    from cityloop.governance.repository import DataRepository
+
+    DataRepository(workspace, GateParams.from_dict({})).ingest(lab_copy, LONG, docs=False, push=False)
+    res = runner.invoke(app, ["data", "versions", "--json"])
+    assert res.exit_code == 0, res.output
+    (rec,) = json.loads(res.stdout)
+    assert rec["id"] == f"{LONG}@v1" and rec["dataset"] == LONG and rec["version"] == 1
+    assert isinstance(rec["frames"], int) and rec["gate"]["success"] is True
+    res = runner.invoke(app, ["data", "versions"], env={"COLUMNS": "60"})  # CliRunner's stdout: not a terminal
+    assert res.exit_code == 0, res.output
+    assert f"{LONG}@v1" in res.stdout and "…" not in res.stdout and "pass" in res.stdout, res.stdout
+
+
+def _model_version(vid: str, stage: str, metrics: dict | None):
+    from types import SimpleNamespace
+
+    name, version = vid.rsplit(":v", 1)
+    return SimpleNamespace(id=vid, name=name, version=int(version), stage=stage, size_mb=1.234567,
+                           registered="2026-05-01T10:00:00.123456+00:00", metrics=lambda: metrics,
+                           card=SimpleNamespace(vendor="cityloop", variant="tiny"))
+
+
+def test_models_list_json_and_a_narrow_table_keep_full_ids(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    from types import SimpleNamespace
+
+    import cityloop.cli.models as models_cli
+
+    ids = [f"cityloop-detector-{LONG}:v12", "partner-detector-with-a-long-name:v3"]
+    bench = {"benchmark": "field-bench@v1", "mAP50": 0.4567, "latency": {"batch1_median_ms": 12.5}}
+    versions = [_model_version(ids[0], "production", bench), _model_version(ids[1], "candidate", None)]
+    monkeypatch.setattr(models_cli, "_store", lambda: SimpleNamespace(root=workspace, list=lambda name=None: versions))
+    res = runner.invoke(app, ["models", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["id"] for r in rows] == ids
+    assert rows[0]["metric_value"] == 0.4567 and rows[0]["latency_ms"] == 12.5 and rows[0]["stage"] == "production"
+    assert rows[1]["benchmark"] is None and rows[1]["metric_value"] is None
+    res = runner.invoke(app, ["models", "list"], env={"COLUMNS": "60"})
+    assert res.exit_code == 0, res.output
+    assert all(i in res.stdout for i in ids) and "…" not in res.stdout, res.stdout
+    assert "0.457 (field-bench@v1)" in res.stdout
+
+
+def test_print_table_never_cuts_an_id_in_a_pipe_or_on_a_terminal():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cityloop.cli.output import print_table
+
+    vid, note = f"cityloop-detector-{LONG}:v12", "a note long enough that a narrow terminal has to wrap it"
+    for terminal in (False, True):
+        t = Table(title="t")
+        t.add_column("id")
+        t.add_column("note", overflow="fold")
+        t.add_row(vid, note)
+        buf = io.StringIO()
+        print_table(t, Console(file=buf, width=40, force_terminal=terminal, color_system=None))
+        out = buf.getvalue()
+        assert vid in out and "…" not in out, out
+        # in a pipe or a log a row is one line; on a terminal the note wraps (between words), the id stays whole
+        assert (note in out) == (not terminal), out

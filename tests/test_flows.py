@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cityloop.flows.governance import ingest
 from prefect.testing.utilities import prefect_test_harness
 
+from cityloop.flows.governance import ingest
 from cityloop.governance import versioning
 from cityloop.governance.repository import GateFailed
 

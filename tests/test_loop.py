@@ -93,11 +93,11 @@ def free_block(n: int) -> int:
 @pytest.mark.slow
 def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: ModelWorkspace, labelstudio,
                                                                      tmp_path: Path, monkeypatch):
-    from cityloop.models.registry import Registry
     from prefect.testing.utilities import prefect_test_harness
 
     from cityloop.governance import versioning
     from cityloop.governance.repository import DataRepository
+    from cityloop.models.store import ModelStore
 
     root = tmp_path / "ws"
     shutil.copytree(model_ws.root, root, symlinks=True)
@@ -125,7 +125,7 @@ def test_a_shrunk_loop_raises_field_accuracy_and_versions_every_round(model_ws: 
 
     recs = out["records"]
     assert {(r["lineage"], r["round"]) for r in recs} == {(a, k) for a in ("active-s0", "random-s0") for k in (0, 1, 2)}
-    reg = Registry(root, track=False)
+    reg = ModelStore(root, track=False)
     for lin in ("active-s0", "random-s0"):
         rs = sorted((r for r in recs if r["lineage"] == lin), key=lambda r: r["round"])
         assert rs[2]["mAP50"] > rs[0]["mAP50"], f"{lin}: field accuracy did not rise: {[r['mAP50'] for r in rs]}"

@@ -168,8 +168,9 @@ def test_events_trigger_runs_with_templated_parameters(stack):
 
 @pytest.mark.slow
 def test_the_ui_deployments_page_shows_every_deployment(stack):
-    from cityloop.labeling.browser import CHROMIUM, FLAGS
     from playwright.sync_api import sync_playwright
+
+    from cityloop.labeling.browser import CHROMIUM, FLAGS
 
     out = ARTIFACTS / "prefect-deployments.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +249,9 @@ def test_down_stops_everything_and_keeps_the_data(stack):
 
 
 def test_deployments_have_names_schedules_triggers_and_described_parameters(workspace: Path):
-    from cityloop.flows.deployments import build_deployments
     from prefect.client.schemas.schedules import CronSchedule
+
+    from cityloop.flows.deployments import build_deployments
 
     deps = {f"{d.flow_name}/{d.name}": d for d in build_deployments(workspace)}
     assert set(deps) == EXPECTED
@@ -305,10 +307,11 @@ def test_up_refuses_a_port_taken_by_someone_else(workspace: Path):
 
 @pytest.mark.parametrize("name", ["prefect.yaml", "prefect-process.yaml"])
 def test_prefect_yaml_matches_the_served_deployments(name: str, workspace: Path, monkeypatch: pytest.MonkeyPatch):
-    from cityloop.flows.deployments import build_deployments
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
+
+    from cityloop.flows.deployments import build_deployments
 
     served = {f"{d.flow_name}/{d.name}": d for d in build_deployments(workspace)}
     spec = yaml.safe_load((REPO / "deploy" / name).read_text())

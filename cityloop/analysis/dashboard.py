@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cityloop.analysis.loop import accuracy_curve
+from cityloop.analysis.figures import accuracy_curve
 from cityloop.analysis.store import EventStore, iso
+from cityloop.core.web import send_bytes, send_json
 
 REFRESH_S = 5
 
@@ -123,14 +124,7 @@ class Dashboard:
                 try:
                     dash._get(self)
                 except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
-                    self._send(500, "text/plain", f"dashboard error: {exc}".encode())
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    send_bytes(self, 500, "text/plain", f"dashboard error: {exc}".encode())
 
             def log_message(self, *a: Any) -> None:
                 pass
@@ -145,17 +139,17 @@ class Dashboard:
 
     def _get(self, h: BaseHTTPRequestHandler) -> None:
         if h.path in ("/", "/index.html"):
-            h._send(200, "text/html; charset=utf-8", render(self.state()).encode())
+            send_bytes(h, 200, "text/html; charset=utf-8", render(self.state()).encode())
         elif h.path == "/api/state":
-            h._send(200, "application/json", json.dumps(self.state(), default=str).encode())
+            send_json(h, 200, self.state(), default=str)
         elif h.path.startswith("/snapshot/"):
             ev = self.store.get(h.path.rsplit("/", 1)[-1])
             if ev is None or not ev.snapshot or not Path(ev.snapshot).is_file():
-                h._send(404, "text/plain", b"no snapshot")
+                send_bytes(h, 404, "text/plain", b"no snapshot")
             else:
-                h._send(200, "image/jpeg", Path(ev.snapshot).read_bytes())
+                send_bytes(h, 200, "image/jpeg", Path(ev.snapshot).read_bytes())
         else:
-            h._send(404, "text/plain", b"not found")
+            send_bytes(h, 404, "text/plain", b"not found")
 
     def state(self) -> dict[str, Any]:
         return state(self.store, self.root, self.edge_root)

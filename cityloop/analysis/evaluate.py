@@ -24,7 +24,7 @@ import numpy as np
 
 from cityloop.analysis.rules import SCENARIOS
 from cityloop.analysis.store import Event
-from cityloop.analysis.tracker import Box, iou
+from cityloop.core.geometry import Box, iou
 
 
 @dataclass

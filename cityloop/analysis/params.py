@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cityloop.core.settings import from_section
+from cityloop.core.settings import from_section, load_section
 
 
 @dataclass
@@ -59,3 +60,15 @@ class AnalysisParams:
         top = from_section(cls, d, "analysis")
         top.tracker, top.rules = tracker, rules
         return top
+
+
+def analysis_params(root: Path) -> AnalysisParams:
+    """params.yaml `analysis:` (defaults where it has none)."""
+    return load_section(root, "analysis", AnalysisParams)
+
+
+def store_url(root: Path, db: str | None = None) -> str:
+    """--db, else params `analysis.db` with {root} filled in."""
+    from cityloop.analysis.store import default_url
+
+    return default_url(root, db or analysis_params(root).db)

@@ -149,10 +149,10 @@ def load_detector(root: Path, model: str) -> tuple[Any, str]:
     """("truth", "truth") or an OnnxDetector of a registry version and its id."""
     if model == "truth":
         return "truth", "truth"
-    from cityloop.models.registry import Registry
     from cityloop.models.runtime import OnnxDetector
+    from cityloop.models.store import ModelStore
 
-    mv = Registry(root, track=False).get(model)
+    mv = ModelStore(root, track=False).get(model)
     return OnnxDetector(mv.model_path, mv.card), mv.id
 
 

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cityloop.analysis.loop import accuracy_curve, labeling_rounds  # noqa: E402
+from cityloop.analysis.figures import accuracy_curve, labeling_rounds  # noqa: E402
 from cityloop.analysis.rules import SCENARIOS  # noqa: E402
 from cityloop.analysis.store import Event, EventStore  # noqa: E402
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cityloop.analysis.alerts import Dispatcher, build_sinks
-from cityloop.analysis.config import analysis_params, store_url
 from cityloop.analysis.engine import Analyzer
+from cityloop.analysis.params import analysis_params, store_url
 from cityloop.analysis.store import EventStore
 from cityloop.analysis.zones import load_zones
 from cityloop.core.settings import find_root

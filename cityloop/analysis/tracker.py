@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cityloop.analysis.params import TrackerParams
+from cityloop.core.geometry import Box, iou  # Box: x0, y0, x1, y1 in frame px
 
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame px
 FAMILY = {"rider_helmet": "rider", "rider_no_helmet": "rider"}  # classes a detector may flip between
 
 
@@ -60,20 +60,11 @@ class Track:
         dt = ts - self.last_ts
         x0, y0, x1, y1 = self.box
         dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
-        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+        return Box(x0 + dx, y0 + dy, x1 + dx, y1 + dy)
 
     def since(self, ts: float) -> list[Observation]:
         """Observations at or after ts."""
         return [o for o in self.history if o.ts >= ts]
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def centre(b: Box) -> tuple[float, float]:
@@ -99,9 +90,9 @@ def to_dets(detections: Iterable[Any], min_score: float = 0.0) -> list[Det]:
         if isinstance(d, Det):
             det = d
         elif isinstance(d, dict):
-            det = Det(tuple(map(float, d["box"])), float(d.get("score", 1.0)), d.get("cls"))
+            det = Det(Box(*map(float, d["box"])), float(d.get("score", 1.0)), d.get("cls"))
         else:  # models.runtime.Detection
-            det = Det((d.x0, d.y0, d.x1, d.y1), float(d.score), d.cls)
+            det = Det(Box(d.x0, d.y0, d.x1, d.y1), float(d.score), d.cls)
         if det.cls and det.score >= min_score:
             out.append(det)
     return out

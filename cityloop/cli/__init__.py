@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root, load_params, quiet_env
 
 app = typer.Typer(help="cityloop: the closed loop of city video AI, from camera frames to edge alerts.",
@@ -118,7 +119,7 @@ def _mount_stack() -> None:
 
 
 _mount_stack()
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 
 SOURCES = {"sim": "sim", "field": "field", "partner": "partner", "edge": "edge-hard", "edge-hard": "edge-hard"}
@@ -244,12 +245,22 @@ def _slug(name: str) -> str:
 
 
 @data_app.command("versions")
-def data_versions(dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None) -> None:
-    """List dataset versions: git revision, DVC hash, counts per class and condition, gate."""
+def data_versions(dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+                  json_out: JsonOption = False) -> None:
+    """List dataset versions (the catalog): git revision, DVC hash, counts per class and condition, gate."""
     from cityloop.governance import versioning
 
-    table = versions_table(versioning.list_versions(find_root(), dataset))
-    console.print(table)
+    records = versioning.list_versions(find_root(), dataset)
+    if json_out:
+        echo_json([version_dict(r) for r in records])
+        return
+    print_table(versions_table(records), console)
+
+
+def version_dict(rec) -> dict:
+    """One catalog entry as JSON: the version's id, tag, commits, creation time and its summary."""
+    return {"id": rec.id, "dataset": rec.dataset, "version": rec.version, "tag": rec.tag, "commit": rec.commit,
+            "code_commit": rec.code_commit, "created": rec.created, **rec.summary}
 
 
 SHORT = {"rider_helmet": "helmet", "rider_no_helmet": "no_helmet", "vendor_stall": "stall"}
@@ -284,9 +295,7 @@ def data_show(version: Annotated[str, typer.Argument(help="name@vN or name@lates
     """Show one version's catalog entry and gate result."""
     from cityloop.governance import versioning
 
-    rec = versioning.resolve(find_root(), version)
-    console.print_json(json.dumps({"id": rec.id, "tag": rec.tag, "commit": rec.commit,
-                                   "code_commit": rec.code_commit, "created": rec.created, **rec.summary}))
+    console.print_json(json.dumps(version_dict(versioning.resolve(find_root(), version)), default=str))
 
 
 @data_app.command("checkout")
@@ -336,7 +345,7 @@ def label_run(
 ) -> None:
     """The Prefect flow `label`: select → push → wait until labeled → pull → version."""
     from cityloop.flows.labeling import label_flow
-    from cityloop.labeling.settings import LabelingParams
+    from cityloop.labeling.params import LabelingParams
 
     root = find_root()
     params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
@@ -353,8 +362,9 @@ def label_webhook(
 ) -> None:
     """Receive Label Studio's annotation webhooks (secret: $CITYLOOP_WEBHOOK_SECRET) and emit Prefect events."""
     from cityloop.flows.labeling import emit_label, emit_ready
-    from cityloop.labeling.settings import LabelingParams, open_project, webhook_secret
-    from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register
+    from cityloop.labeling.params import LabelingParams
+    from cityloop.labeling.project import open_project
+    from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register, webhook_secret
 
     root = find_root()
     params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
@@ -385,7 +395,7 @@ def stage_train(out: Annotated[Path, typer.Option(help="Stage output folder.")] 
     """Train on params train.data; writes weights.pt, run.json, train.json (metrics), loss.csv (plots)."""
     import shutil
 
-    from cityloop.models.package import train_step
+    from cityloop.models.lifecycle import train_step
     from cityloop.models.train import read_metrics
 
     root = find_root()
@@ -408,7 +418,7 @@ def stage_export(
     out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/model"),
 ) -> None:
     """Export ONNX + card and check parity; writes model.onnx, card.json, parity.json. Exit 1 on a parity failure."""
-    from cityloop.models.package import export_step, parity_step
+    from cityloop.models.lifecycle import export_step, parity_step
 
     root = find_root()
     params = load_params(root)
@@ -431,7 +441,7 @@ def stage_evaluate(
     import pandas as pd
 
     from cityloop.models.card import ModelCard
-    from cityloop.models.package import evaluate_step
+    from cityloop.models.lifecycle import evaluate_step
 
     root = find_root()
     bench = load_params(root).get("registry", {}).get("benchmark", "field-bench@latest")
@@ -472,7 +482,7 @@ def demo(
     from cityloop.governance import versioning
 
     records = governance_demo(root=str(root), frames=frames)
-    console.print(versions_table(versioning.list_versions(root)))
+    print_table(versions_table(versioning.list_versions(root)), console)
     ids = ", ".join(r["version"] for r in records)
     console.print(f"Datasets now at {ids}. Data Docs: {root / 'reports' / 'datadocs' / 'index.html'}")
     if not train:

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root
 
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 report_app = typer.Typer(help="Reports over the event store.", no_args_is_help=True)
 dashboard_app = typer.Typer(help="The one-screen dashboard.", no_args_is_help=True)
@@ -48,9 +49,10 @@ def patrol(
     camera: Annotated[list[str] | None, typer.Option(help="Only these cameras (repeatable).")] = None,
     db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics and events as JSON here.")] = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Run streams through detector → tracker → rules → event store; print event-level metrics."""
-    from cityloop.analysis.config import analysis_params, store_url
+    from cityloop.analysis.params import analysis_params, store_url
     from cityloop.analysis.patrol import run_patrol
     from cityloop.analysis.zones import ZoneError, read_cameras
 
@@ -68,16 +70,19 @@ def patrol(
     except (ZoneError, ValueError, KeyError) as exc:
         err.print(f"[red]patrol: {exc}")
         raise typer.Exit(1) from exc
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res.to_dict(), indent=1, default=str))
+    if json_out:  # what --out writes: the metrics and the events
+        echo_json(res.to_dict())
+        return
     console.print(f"{res.frames} frames in {res.seconds:.1f} s ({res.frames / max(res.seconds, 1e-9):.1f} frames/s), "
                   f"{len(res.events)} events, {res.deduplicated} duplicate candidates merged, "
                   f"{len(res.corrupt)} corrupt frames skipped")
     if res.metrics:
-        console.print(metrics_rich(res.metrics))
+        print_table(metrics_rich(res.metrics), console)
     else:
         console.print("no events.json in the streams: nothing to score against")
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res.to_dict(), indent=1, default=str))
 
 
 @report_app.command("weekly")
@@ -85,9 +90,10 @@ def report_weekly(
     week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W42 (default: the latest event's).")] = None,
     db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: params report.out).")] = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Counts, the change against the previous week, hotspots, model versions, the loop's figures: HTML + PNG."""
-    from cityloop.analysis.config import store_url
+    from cityloop.analysis.params import store_url
     from cityloop.analysis.report import weekly_report
     from cityloop.analysis.store import EventStore
     from cityloop.core.settings import load_params
@@ -102,6 +108,9 @@ def report_weekly(
         raise typer.BadParameter(str(exc), param_hint="--week") from exc
     finally:
         store.dispose()
+    if json_out:  # the report's summary: per-scenario counts and change, hotspots, headline, files
+        echo_json(s)
+        return
     t = Table(title=f"events {s['week']} against {s['previous_week']}")
     for c in ("scenario", "this week", "previous week", "change"):
         t.add_column(c, justify="left" if c == "scenario" else "right")
@@ -109,7 +118,7 @@ def report_weekly(
         pct = r["change_pct"]
         t.add_row(r["scenario"], str(r["this_week"]), str(r["previous_week"]),
                   "—" if pct is None else f"{pct:+.1f}%")
-    console.print(t)
+    print_table(t, console)
     for h in s["headline"]:
         console.print(f"[bold]{h}")
     console.print(f"report: {s['html']}")
@@ -123,8 +132,8 @@ def dashboard_serve(
     """Serve the one-screen dashboard until Ctrl+C."""
     import time
 
-    from cityloop.analysis.config import store_url
     from cityloop.analysis.dashboard import Dashboard
+    from cityloop.analysis.params import store_url
     from cityloop.analysis.store import EventStore
 
     root = find_root()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from cityloop.cli.output import JsonOption, echo_json
 from cityloop.core.settings import find_root
 
 app = typer.Typer(help="BentoML packaging: build a model version's bento and its .bento archive.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
-console = Console()
+console = Console(soft_wrap=True)  # one line per message in a pipe or a log
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -21,19 +21,19 @@ err = Console(stderr=True, soft_wrap=True)
 def build(
     model_version: Annotated[str, typer.Argument(help="Registry version, e.g. cityloop-detector:v2 or :production.")],
     out: Annotated[Path | None, typer.Option(help="Folder for the .bento archive (default artifacts/bentos).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Build the bento (service + model + pinned Python deps + generated Dockerfile), export a .bento."""
     from cityloop.bento.build import build_bento, containerize_hint
-    from cityloop.models.registry import RegistryError
+    from cityloop.models.store import RegistryError
 
     try:
         res = build_bento(find_root(), model_version, out)
     except (RegistryError, RuntimeError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    if as_json:
-        typer.echo(json.dumps(res.to_dict()))
+    if json_out:  # the bento's tag, path, archive, model
+        echo_json(res.to_dict())
         return
     console.print(f"[green]{res.tag}[/] {'reused' if res.reused else 'built'} for {res.model_id}")
     console.print(f"bento: {res.path}\narchive: {res.archive}\nDockerfile: {res.path / 'env/docker/Dockerfile'}")

@@ -5,7 +5,6 @@ Exit codes: 0 done; 1 refused or failed (rolled back, nothing to roll back, no n
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,20 +13,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root, load_params
 
 app = typer.Typer(help="Edge nodes: serve a bento, run streams, hard examples, canary rollout.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 inbox_app = typer.Typer(help="The center inbox of hard examples.", no_args_is_help=True)
 app.add_typer(inbox_app, name="inbox")
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 
 
 def _default_version(root: Path) -> str:
-    from cityloop.models.registry import Registry
+    from cityloop.models.store import ModelStore
 
-    reg = Registry(root, track=False)
+    reg = ModelStore(root, track=False)
     versions = reg.list()
     if not versions:
         raise typer.BadParameter("the registry holds no model version", param_hint="--model")
@@ -78,13 +78,16 @@ def start(
 
 
 @app.command("status")
-def status(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False) -> None:
+def status(json_out: JsonOption = False) -> None:
     """Every node: up/down, model version, fps, latency, queue depth (outbox), heartbeat age."""
     from cityloop.edge.fleet import list_nodes
 
     nodes = list_nodes(find_root())
-    if as_json:
-        typer.echo(json.dumps(nodes, default=str))
+    if json_out:
+        echo_json(nodes)
+        return
+    if not nodes:
+        console.print("no edge nodes (start one with `cityloop edge start`)")
         return
     table = Table(title="cityloop edge nodes")
     for col in ("node", "state", "model version", "port", "fps", "p50 ms", "queue", "acked", "frames", "beat"):
@@ -97,7 +100,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of
             version += f" → {n['assigned']}"
         table.add_row(n["name"], state, version, str(n.get("port")), str(n.get("fps")), str(n.get("latency_p50_ms")),
                       str(n.get("queue_depth")), str(n.get("acked")), str(n.get("frames")), f"{n['age_s']:.0f}s")
-    console.print(table if nodes else "no edge nodes (start one with `cityloop edge start`)")
+    print_table(table, console)
 
 
 @app.command("assign")

@@ -10,18 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root, load_params
 
 server_app = typer.Typer(help="The project's Label Studio server (own venv, 127.0.0.1).", no_args_is_help=True)
 label_app = typer.Typer(help="Labeling in Label Studio: push batches, scripted annotators, pull versions.",
                         no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 MODEL = "cityloop-detector:latest"
 
 
 def _params(port: int | None = None):
-    from cityloop.labeling.settings import LabelingParams
+    from cityloop.labeling.params import LabelingParams
 
     p = LabelingParams.from_dict(load_params(find_root()).get("labeling", {}))
     if port:
@@ -81,7 +82,7 @@ def server_status(port: Annotated[int | None, typer.Option(help="Port (default: 
 
 
 def project_and_repo(params):
-    from cityloop.labeling.settings import open_workspace
+    from cityloop.labeling.project import open_workspace
 
     _, project, repo, gate = open_workspace(find_root(), params)
     return project, repo, gate
@@ -97,12 +98,12 @@ def push_cmd(
 ) -> None:
     """Select a batch from the pool and import it with the model's pre-annotations."""
     from cityloop.labeling.push import label_classes, labeled_elsewhere, push
-    from cityloop.models.registry import Registry
     from cityloop.models.runtime import OnnxDetector
+    from cityloop.models.store import ModelStore
 
     params = _params()
     project, repo, _ = project_and_repo(params)
-    mv = Registry(find_root()).get(model)
+    mv = ModelStore(find_root()).get(model)
     project.ensure(label_classes(mv.card), description=f"cityloop batches from {data or params.pool}")
     pp = params.push_params(budget=budget, strategy=strategy)
     hp = params.honeypot_dataset if honeypots is None else (honeypots or None)
@@ -165,11 +166,14 @@ def print_pull(res) -> None:
 
 
 @label_app.command("status")
-def status_cmd() -> None:
+def status_cmd(json_out: JsonOption = False) -> None:
     """Tasks total, labeled, skipped; per annotator; per strategy."""
     from cityloop.labeling.status import status
 
     s = status(project_and_repo(_params())[0])
+    if json_out:
+        echo_json(s)
+        return
     t = s["tasks"]
     console.print(f"project {s['project']} ({s['project_id']}): {t['tasks']} tasks, {t['labeled']} labeled, "
                   f"{t['skipped']} skipped, {t['open']} open")
@@ -181,4 +185,4 @@ def status_cmd() -> None:
             table.add_column(c, justify="right")
         for k, v in rows.items():
             table.add_row(k, *(f"{v.get(c, 0):.0f}" for c in cols))
-        console.print(table)
+        print_table(table, console)

@@ -3,7 +3,6 @@ which owns the Prefect side)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root, load_params
 
 app = typer.Typer(help="The closed loop: run, report, status.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 
 
 def runs(root: Path) -> list[Path]:
@@ -38,11 +38,11 @@ def _records(root: Path, run: str | None) -> tuple[str, list[dict]]:
 
 @app.command("status")
 def status(run: Annotated[str | None, typer.Option(help="Loop run id (default: the latest).")] = None,
-           as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False) -> None:
+           json_out: JsonOption = False) -> None:
     """Every lineage's rounds: labels, model, field mAP@0.5, events, whether it was released."""
     key, recs = _records(find_root(), run)
-    if as_json:
-        console.print_json(json.dumps(recs, default=str))
+    if json_out:
+        echo_json(recs)
         return
     t = Table(title=f"closed loop {key}")
     for col in ("round", "lineage", "labels", "model", "data", "mAP@0.5", "event P/R", "released"):
@@ -52,7 +52,7 @@ def status(run: Annotated[str | None, typer.Option(help="Loop run id (default: t
         t.add_row(str(r["round"]), r["lineage"], str(r["labels"]), r["model"], r.get("data") or "-",
                   f"{r['mAP50']:.3f}", f"{f(r.get('event_precision'))}/{f(r.get('event_recall'))}",
                   "yes" if r.get("released") else "no")
-    console.print(t)
+    print_table(t, console)
 
 
 @app.command("report")

@@ -15,26 +15,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root, load_params
 from cityloop.governance.versioning import VersioningError
-from cityloop.models.registry import Check, Decision, Registry, RegistryError, RegistryParams
+from cityloop.models.gate import Check, Decision, PromotionGate, open_gate
+from cityloop.models.store import ModelStore, RegistryError
 
 app = typer.Typer(help="The algorithm repository: versions, benchmark, promotion gate, rollback, partner admission.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 ERRORS = (RegistryError, VersioningError, LookupError, ValueError)  # printed, exit 1
 
 
-def _registry() -> Registry:
-    root = find_root()
-    section = load_params(root).get("registry")
+def _store() -> ModelStore:
+    """The workspace's algorithm repository (reading needs no params)."""
+    return ModelStore(find_root())
+
+
+def _gate() -> PromotionGate:
+    """The workspace's gate with its `registry:` params (a clear error when they are missing or wrong)."""
     try:
-        params = RegistryParams.from_dict(section) if section else None
+        return open_gate(find_root())
     except ValueError as exc:
         err.print(f"[red]params.yaml registry: {exc}[/red]")
         raise typer.Exit(1) from exc
-    return Registry(root, params)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -64,7 +69,7 @@ def _checks_table(title: str, checks: list[Check]) -> Table:
 
 def _print_decision(d: Decision) -> None:
     if d.checks:
-        console.print(_checks_table(f"{d.action} {d.id} -> {d.to}", d.checks))
+        print_table(_checks_table(f"{d.action} {d.id} -> {d.to}", d.checks), console)
     colour = "green" if d.promoted else "red"
     console.print(f"[bold {colour}]{'DONE' if d.promoted else 'REFUSED'}[/bold {colour}]: {d.reason}")
 
@@ -91,42 +96,55 @@ def _metrics_tables(metrics: dict[str, Any]) -> list[Table]:
     return tables
 
 
-@app.command("list")
-def list_cmd(
-    name: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
-) -> None:
-    """Every registered version with its stage and latest benchmark result."""
-    reg = _registry()
-    versions = reg.list(name)
-    if not versions:
-        console.print("no model versions registered")
-        return
-    metric = reg.params.target_metric if reg.params else "mAP50"
+def version_row(mv, metric: str) -> dict[str, Any]:
+    """One version as `models list` shows it (and prints under --json), with its latest benchmark result."""
+    m = mv.metrics() or {}
+    return {"id": mv.id, "name": mv.name, "version": mv.version, "vendor": mv.card.vendor, "stage": mv.stage,
+            "variant": mv.card.variant, "size_mb": round(mv.size_mb, 3), "benchmark": m.get("benchmark"),
+            "metric": metric, "metric_value": m.get(metric),
+            "latency_ms": (m.get("latency") or {}).get("batch1_median_ms"), "registered": mv.registered}
+
+
+def versions_table(rows: list[dict[str, Any]], metric: str = "mAP50") -> Table:
+    """The algorithm repository as a table, one row per version (rows from version_row)."""
     t = Table(title="cityloop algorithm repository")
     for col in ("id", "vendor", "stage", "variant", "MB", f"{metric} (benchmark)", "ms/img", "registered"):
         t.add_column(col)
-    for mv in versions:
-        m = mv.metrics() or {}
-        stage_style = {"production": "bold green", "staging": "yellow", "retired": "dim"}.get(mv.stage, "")
-        t.add_row(mv.id, mv.card.vendor, f"[{stage_style}]{mv.stage}[/{stage_style}]" if stage_style else mv.stage,
-                  mv.card.variant, f"{mv.size_mb:.2f}",
-                  f"{_fmt(m.get(metric))} ({m.get('benchmark', '-')})" if m else "-",
-                  _fmt((m.get("latency") or {}).get("batch1_median_ms"), 2), mv.registered[:19])
-    console.print(t)
+    for r in rows:
+        style = {"production": "bold green", "staging": "yellow", "retired": "dim"}.get(r["stage"], "")
+        t.add_row(r["id"], r["vendor"], f"[{style}]{r['stage']}[/{style}]" if style else r["stage"], r["variant"],
+                  f"{r['size_mb']:.2f}", f"{_fmt(r['metric_value'])} ({r['benchmark']})" if r["benchmark"] else "-",
+                  _fmt(r["latency_ms"], 2), r["registered"][:19])
+    return t
+
+
+@app.command("list")
+def list_cmd(
+    name: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Every registered version with its stage and latest benchmark result."""
+    store = _store()
+    metric = (load_params(store.root).get("registry") or {}).get("target_metric", "mAP50")
+    rows = [version_row(mv, metric) for mv in store.list(name)]
+    if json_out:
+        echo_json(rows)
+    elif not rows:
+        console.print("no model versions registered")
+    else:
+        print_table(versions_table(rows, metric), console)
 
 
 @app.command("show")
 def show_cmd(model_id: Annotated[str, typer.Argument(metavar="ID", help="name:v3, name:latest, name:production")],
-             as_json: Annotated[bool, typer.Option("--json", help="Print the merged card and events as JSON.")]
-             = False) -> None:
+             json_out: JsonOption = False) -> None:
     """One version: its card merged with its stage, evaluations and events."""
-    reg = _registry()
     try:
-        mv = reg.get(model_id)
+        mv = _store().get(model_id)
     except ERRORS as exc:
         raise _fail(exc) from exc
-    if as_json:
-        console.print_json(json.dumps(mv.to_dict(), default=str))
+    if json_out:  # the merged card, evaluations and events
+        echo_json(mv.to_dict())
         return
     card = mv.card
     t = Table(title=f"{mv.id} ({mv.stage})", show_header=False)
@@ -140,35 +158,35 @@ def show_cmd(model_id: Annotated[str, typer.Argument(metavar="ID", help="name:v3
                        ("parity", mv.parity.get("status") or mv.parity), ("path", mv.path),
                        ("size", f"{mv.size_mb:.2f} MB"), ("files", ", ".join(mv.files))):
         t.add_row(key, _fmt(value) if not isinstance(value, dict) else json.dumps(value))
-    console.print(t)
+    print_table(t, console)
     for bench, metrics in card.metrics.items():
         if isinstance(metrics, dict) and "mAP50" in metrics:
             for table in _metrics_tables({"benchmark": bench, **metrics}):
-                console.print(table)
+                print_table(table, console)
     ev = Table(title="events")
     for col in ("when", "who", "event", "stage", "why"):
         ev.add_column(col, overflow="fold")
     for e in mv.events:
         ev.add_row(e["ts"][:19], e["who"], e["event"], e.get("stage") or "", e.get("why") or "")
-    console.print(ev)
+    print_table(ev, console)
 
 
 @app.command("evaluate")
 def evaluate_cmd(model_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Run a version on the benchmark (registry.benchmark) and record the metrics."""
-    reg = _registry()
+    gate = _gate()
     try:
-        metrics = reg.evaluate(model_id)
+        metrics = gate.evaluate(model_id)
     except ERRORS as exc:
         raise _fail(exc) from exc
     for table in _metrics_tables(metrics):
-        console.print(table)
+        print_table(table, console)
 
 
-def _decide(act: Callable[[Registry], Decision]) -> None:
+def _decide(act: Callable[[PromotionGate], Decision]) -> None:
     """Run a promotion or rollback, print the decision; exit 1 when it was refused."""
     try:
-        decision = act(_registry())
+        decision = act(_gate())
     except ERRORS as exc:
         raise _fail(exc) from exc
     _print_decision(decision)
@@ -195,15 +213,15 @@ def admit_cmd(path: Annotated[Path, typer.Argument(help="Partner package: model.
     """Admit a partner model: contract checks, then the benchmark; registered only if it qualifies."""
     from cityloop.models.admission import admit
 
-    reg = _registry()
+    gate = _gate()
     try:
-        report = admit(reg, path)
+        report = admit(gate, path)
     except ERRORS as exc:
         raise _fail(exc) from exc
-    console.print(_checks_table(f"admission of {report.name}", report.checks))
+    print_table(_checks_table(f"admission of {report.name}", report.checks), console)
     if report.metrics:
         for table in _metrics_tables(report.metrics):
-            console.print(table)
+            print_table(table, console)
     colour = "green" if report.admitted else "red"
     verdict = "ADMITTED" if report.admitted else "REJECTED"
     console.print(f"[bold {colour}]{verdict}[/bold {colour}]: {report.reason}")

@@ -6,16 +6,16 @@ Exit codes: 0 done; 1 a component could not start (message and log tail printed)
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityloop.cli.output import JsonOption, echo_json, print_table
 from cityloop.core.settings import find_root
 
-console = Console()
+console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -64,8 +64,8 @@ def up(
     except StackError as exc:
         err.print(f"[red bold]cityloop up failed:[/] {exc}")
         raise typer.Exit(1) from None
-    console.print(_components_table(st))
-    console.print(_deployments_table(st.deployments))
+    print_table(_components_table(st), console)
+    print_table(_deployments_table(st.deployments), console)
     ls = st.get("labelstudio")
     console.print(f"Prefect UI:   [bold]{stack.url}[/]  (deployments: {stack.url}/deployments, "
                   f"runs: {stack.url}/runs)\n"
@@ -81,17 +81,17 @@ def down() -> None:
         console.print(f"{name}: {'[yellow]stopped[/]' if was else 'not running'}")
 
 
-def status(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False) -> None:
+def status(json_out: JsonOption = False) -> None:
     """Each component up/down with URL and pid, and the deployments registered on the server."""
     import dataclasses
 
     st = _stack().status()
-    if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(st), indent=1, default=str))
+    if json_out:
+        echo_json(dataclasses.asdict(st))
         return
-    console.print(_components_table(st))
+    print_table(_components_table(st), console)
     if st.get("prefect-server").running:
-        console.print(_deployments_table(st.deployments))
+        print_table(_deployments_table(st.deployments), console)
     if st.api_error:
         err.print(f"[yellow]Prefect API: {st.api_error}[/]")
     console.print("Logs: " + ", ".join(c.log for c in st.components if c.log))

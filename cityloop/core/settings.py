@@ -51,6 +51,15 @@ def load_params(root: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
 
 
+def load_section(root: Path, section: str, cls: type[T], **overrides: Any) -> T:
+    """The one way a params.yaml section is read: `section:` of the workspace's params.yaml, with
+    `overrides` (None values ignored) on top, built by `cls.from_dict` when it has one (nested
+    sections, extra checks), else by `from_section`. Either way unknown and missing keys are errors."""
+    raw = {**(load_params(Path(root)).get(section) or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    build = getattr(cls, "from_dict", None)
+    return build(raw) if build is not None else from_section(cls, raw, section)
+
+
 def from_section(cls: type[T], d: Mapping[str, Any] | None, section: str) -> T:
     """A params dataclass from its params.yaml section; unknown keys, and required keys left out,
     raise ValueError naming the section (a typo in params.yaml never passes silently)."""

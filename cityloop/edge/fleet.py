@@ -8,19 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from cityloop.core.procs import alive
 from cityloop.edge.node import API_TOKEN_ENV, assign, node_dir, read_json
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def list_nodes(root: Path) -> list[dict]:
@@ -35,7 +24,7 @@ def list_nodes(root: Path) -> list[dict]:
         st["age_s"] = round(age, 1)
         st["assigned"] = (read_json(d / "assignment.json") or {}).get("model_version")
         st["up"] = st.get("state") not in ("stopped",) and age <= float(st.get("stale_s", 10)) \
-            and _pid_alive(st.get("pid"))
+            and alive(int(st.get("pid") or 0))
         out.append(st)
     return out
 

@@ -28,6 +28,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from cityloop.core.web import send_json
+
 INBOX = Path("data") / "inbox" / "edge"
 TOKEN_ENV = "CITYLOOP_INBOX_TOKEN"
 MAX_BODY = 32 << 20
@@ -98,44 +100,36 @@ def make_handler(store: InboxStore) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # quiet: receipts go to received.jsonl
             pass
 
-        def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
         def do_GET(self) -> None:
             if self.path == "/healthz":
-                return self._reply(200, {"ok": True, "examples": len(list(store.meta.glob("*.json")))
+                return send_json(self, 200, {"ok": True, "examples": len(list(store.meta.glob("*.json")))
                                          if store.meta.exists() else 0})
-            self._reply(404, {"error": "not found"})
+            send_json(self, 404, {"error": "not found"})
 
         def do_POST(self) -> None:
             if self.path != "/v1/hard-examples":
-                return self._reply(404, {"error": "not found"})
+                return send_json(self, 404, {"error": "not found"})
             token = os.environ.get(TOKEN_ENV)
             given = self.headers.get("Authorization", "")
             if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return self._reply(401, {"error": "missing or wrong inbox token"})
+                return send_json(self, 401, {"error": "missing or wrong inbox token"})
             length = int(self.headers.get("Content-Length") or 0)
             if length <= 0 or length > MAX_BODY:
-                return self._reply(413 if length else 411, {"error": f"body must be 1..{MAX_BODY} bytes"})
+                return send_json(self, 413 if length else 411, {"error": f"body must be 1..{MAX_BODY} bytes"})
             try:
                 body = json.loads(self.rfile.read(length))
                 examples, node = body["examples"], str(body.get("node", "?"))
                 if not isinstance(examples, list):
                     raise ValueError("examples must be a list")
             except (ValueError, KeyError, TypeError) as exc:
-                return self._reply(400, {"error": f"bad request: {exc}"})
+                return send_json(self, 400, {"error": f"bad request: {exc}"})
             acked, duplicates, errors = [], [], []
             for ex in examples:
                 try:
                     (acked if store.put(ex, node) else duplicates).append(ex["sha256"])
                 except (ValueError, TypeError, AttributeError) as exc:
                     errors.append(str(exc))
-            self._reply(200, {"acked": acked + duplicates, "new": len(acked), "duplicates": len(duplicates),
+            send_json(self, 200, {"acked": acked + duplicates, "new": len(acked), "duplicates": len(duplicates),
                               "errors": errors})
 
     return Handler

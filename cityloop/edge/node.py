@@ -181,10 +181,10 @@ class EdgeNode:
 
     def _load_shadow(self, model_id: str):
         """The shadow version in onnxruntime (one thread): its boxes are compared with the served ones."""
-        from cityloop.models.registry import Registry
         from cityloop.models.runtime import OnnxDetector
+        from cityloop.models.store import ModelStore
 
-        mv = Registry(self.cfg.root, track=False).get(model_id)
+        mv = ModelStore(self.cfg.root, track=False).get(model_id)
         return OnnxDetector(mv.model_path, mv.card, threads=1)
 
     def shadow_detections(self, data: bytes) -> list[dict] | None:
@@ -221,7 +221,7 @@ class EdgeNode:
             self.server = None
         self.server = start_server(self.cfg.root, self.cfg.port, target=built.tag, log_path=log_path,
                                    extra_env=self.cfg.serve_env)
-        write_json(self.cfg.dir / "server.json", {"pid": self.server.proc.pid, "port": self.cfg.port,
+        write_json(self.cfg.dir / "server.json", {"pid": self.server.pid, "port": self.cfg.port,
                                                   "tag": built.tag, "model_version": version})
         self.version, self.tag = version, built.tag
 
@@ -233,7 +233,7 @@ class EdgeNode:
         ob = outbox.stats() if outbox else {}
         return {"name": self.cfg.name, "pid": os.getpid(), "port": self.cfg.port,
                 "url": f"http://127.0.0.1:{self.cfg.port}", "state": self.state, "model_version": self.version,
-                "bento": self.tag, "server_pid": self.server.proc.pid if self.server else None,
+                "bento": self.tag, "server_pid": self.server.pid if self.server else None,
                 "fps": round(len(recent) / 10, 2) if recent else 0.0,
                 "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
                 "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,

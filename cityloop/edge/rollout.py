@@ -1,9 +1,11 @@
-"""Canary rollout of a model version to edge nodes, as plain steps (flows/release.py wires them).
+"""Canary rollout of a model version to edge nodes: the release sequence, written once.
 
-plan → (build the bento) → deploy to the canary → compare canary vs production on the same
-frames → decide → finish: roll out to every node and promote in the registry, or put the canary
-back on the production version and record the refusal (or `Registry.rollback` when the candidate
-had already been promoted). Thresholds: params.yaml `release:`.
+`release` runs: build the bento → plan → deploy to the canary → compare canary vs production on
+the same frames → decide → finish: roll out to every node and promote through the algorithm
+repository's gate, or put the canary back on the production version and record the refusal
+(or roll the gate back when the candidate had already been promoted). Thresholds: params.yaml
+`release:`. The `release` flow runs each step as a Prefect task; the closed loop and the CLI's
+direct path run the same function with `run_direct`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import httpx
 import numpy as np
 
 from cityloop.bento.serving import DetectorClient, ServingError
-from cityloop.core.settings import from_section
-from cityloop.edge.fleet import deploy, up_nodes
+from cityloop.core.settings import from_section, load_section
+from cityloop.core.steps import StepRunner, run_direct
+from cityloop.edge.fleet import deploy, list_nodes, up_nodes
 from cityloop.edge.node import API_TOKEN_ENV
 from cityloop.edge.selection import match_count
+from cityloop.models.gate import PromotionGate, open_gate
 
 
 @dataclass
@@ -80,9 +84,9 @@ class ReleaseDecision:
 
 def plan(root: Path, candidate: str, canary: str | None = None) -> Plan:
     """Pick the canary (given, or the first node up) and the production version the others serve."""
-    from cityloop.models.registry import Registry
+    from cityloop.models.store import ModelStore
 
-    candidate = Registry(root, track=False).get(candidate).id  # resolve :latest, :staging …
+    candidate = ModelStore(root, track=False).get(candidate).id  # resolve :latest, :staging …
     nodes = up_nodes(root)
     if len(nodes) < 2:
         raise RuntimeError(f"a canary rollout needs at least 2 nodes up, found {len(nodes)} "
@@ -165,17 +169,15 @@ def decide(cmp: Comparison, p: ReleaseParams) -> tuple[bool, list[dict]]:
 
 
 def finish(root: Path, pl: Plan, passed: bool, checks: list[dict], cmp: Comparison,
-           p: ReleaseParams, gate_registry=None) -> ReleaseDecision:
-    """Roll out to all nodes + promote, or roll the canary back + record why (all through Registry;
-    `gate_registry`: one with other gate params, e.g. the closed loop's target while it climbs)."""
-    from cityloop.models.package import registry_for
-
-    reg = gate_registry or registry_for(Path(root))
+           p: ReleaseParams, gate: PromotionGate | None = None) -> ReleaseDecision:
+    """Roll out to all nodes + promote, or roll the canary back + record why (all through the gate;
+    `gate`: one with other params, e.g. the closed loop's target while it climbs)."""
+    reg = gate or open_gate(Path(root))
     name = pl.candidate.split(":", 1)[0]
     numbers = "; ".join(f"{c['name']} {_fmt(c['value'])} vs {_fmt(c['threshold'])}" for c in checks)
     registry: dict = {}
     if passed:
-        mv = reg.get(pl.candidate)
+        mv = reg.store.get(pl.candidate)
         if mv.stage != "production":
             d = reg.promote(pl.candidate)
             registry = d.to_dict()
@@ -190,47 +192,55 @@ def finish(root: Path, pl: Plan, passed: bool, checks: list[dict], cmp: Comparis
                                "rolled_out")
     deploy(root, [pl.canary], pl.production, p.deploy_timeout_s)
     why = f"canary {pl.canary} failed: {numbers}"
-    if reg.get(pl.candidate).stage == "production":
+    if reg.store.get(pl.candidate).stage == "production":
         registry = reg.rollback(name, why=why).to_dict()
     else:
         reg.refuse(pl.candidate, f"release: {why}", checks=checks, canary=pl.canary)
-        registry = {"recorded": "promotion_refused", "stage": reg.get(pl.candidate).stage}
+        registry = {"recorded": "promotion_refused", "stage": reg.store.get(pl.candidate).stage}
     reason = f"{pl.candidate} rolled back: canary {pl.canary} back on {pl.production}; {numbers}"
     return ReleaseDecision(False, checks, reason, dataclasses.asdict(pl), dataclasses.asdict(cmp), registry,
                            "rolled_back")
 
 
-def release_plain(root: Path, model_version: str, canary: str | None = None) -> dict:
-    """The `release` flow's steps without Prefect (the same functions, in the same order)."""
+def release_params(root: Path, **overrides) -> ReleaseParams:
+    """params.yaml `release:` (`overrides` replace some, e.g. the closed loop's `loop.release`)."""
+    return load_section(root, "release", ReleaseParams, **overrides)
+
+
+def compare_on(root: Path, canary_url: str, pl: Plan, p: ReleaseParams) -> Comparison:
+    """The canary against a production node on the same `release.frames`."""
+    prod_url = next(n["url"] for n in list_nodes(Path(root)) if n["name"] == pl.others[0])
+    return compare(canary_url, prod_url, load_frames(Path(root), p.frames, p.max_frames), p.min_score)
+
+
+def release(root: Path, model_version: str, canary: str | None = None, params: ReleaseParams | None = None,
+            gate: PromotionGate | None = None, step: StepRunner = run_direct) -> dict:
+    """The release sequence (see the module docstring): a ReleaseDecision as a dict, plus the bento."""
     from cityloop.bento.build import build_bento
-    from cityloop.core.settings import load_params
-    from cityloop.edge.fleet import list_nodes
 
     root = Path(root).resolve()
-    p = ReleaseParams.from_dict(load_params(root).get("release"))
-    built = build_bento(root, model_version)
-    pl = plan(root, model_version, canary)
-    urls = deploy(root, [pl.canary], pl.candidate, p.deploy_timeout_s)
-    prod_url = next(n["url"] for n in list_nodes(root) if n["name"] == pl.others[0])
-    cmp = compare(urls[pl.canary], prod_url, load_frames(root, p.frames, p.max_frames), p.min_score)
+    p = params or release_params(root)
+    built = step("build-bento", build_bento, root, model_version)
+    pl = step("plan", plan, root, model_version, canary)
+    urls = step("deploy-canary", deploy, root, [pl.canary], pl.candidate, p.deploy_timeout_s)
+    cmp = step("compare", compare_on, root, urls[pl.canary], pl, p)
     passed, checks = decide(cmp, p)
-    return {**dataclasses.asdict(finish(root, pl, passed, checks, cmp, p)), "bento": built.to_dict()}
+    decision = step("decide-and-finish", finish, root, pl, passed, checks, cmp, p, gate)
+    return {**dataclasses.asdict(decision), "bento": built.to_dict()}
 
 
 def rollback_all(root: Path, timeout: float = 180.0) -> dict:
-    """`cityloop edge rollback`: the registry's previous production back into production, on every node."""
-    from cityloop.models.package import registry_for
-
+    """`cityloop edge rollback`: the previous production version back into production, on every node."""
     nodes = up_nodes(root)
     if not nodes:
         raise RuntimeError("no edge node is up")
-    reg = registry_for(Path(root))
+    reg = open_gate(Path(root))
     current = {n["model_version"] for n in nodes}
     name = sorted(current)[0].split(":", 1)[0]
     decision = reg.rollback(name, why="cityloop edge rollback")
     target = decision.id if decision.promoted else None
     if target is None:
-        prod = reg.production(name)
+        prod = reg.store.production(name)
         if prod is None:
             raise RuntimeError(decision.reason)
         target = prod.id  # nothing to pop in the registry: put every node on its production

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cityloop.core import geometry
+
 
 @dataclass
 class SelectParams:
@@ -33,38 +35,16 @@ class SelectParams:
         return cls(**d)
 
 
-def iou(a: list[float], b: list[float]) -> float:
-    """IoU of two xyxy boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def match_count(a: list[dict], b: list[dict], thr: float = 0.5) -> int:
-    """Greedy one-to-one matches (same class, IoU >= thr, highest scores first)."""
-    used: set[int] = set()
-    n = 0
-    for da in sorted(a, key=lambda d: -d["score"]):
-        best, best_iou = None, thr
-        for j, db in enumerate(b):
-            if j in used or db["cls"] != da["cls"]:
-                continue
-            v = iou(da["box"], db["box"])
-            if v >= best_iou:
-                best, best_iou = j, v
-        if best is not None:
-            used.add(best)
-            n += 1
-    return n
+    """One-to-one matches of two detection lists ({"box": xyxy, "cls", ...}): same class, IoU >= thr,
+    cityloop.core.geometry's matching (greedy by IoU), the one annotator quality uses too."""
+    return len(geometry.match([d["box"] for d in a], [d["box"] for d in b], thr,
+                              a_cls=[d["cls"] for d in a], b_cls=[d["cls"] for d in b]))
 
 
 def agreement(a: list[dict], b: list[dict], thr: float = 0.5) -> float:
     """Box F1 between two detection lists (1.0 when both are empty)."""
-    if not a and not b:
-        return 1.0
-    return 2 * match_count(a, b, thr) / (len(a) + len(b))
+    return geometry.f1(match_count(a, b, thr), len(a), len(b))
 
 
 def thumbnail(image: bytes) -> np.ndarray | None:

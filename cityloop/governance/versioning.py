@@ -273,7 +273,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _workspace_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def workspace_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold an exclusive flock on ``root/.cityloop/versioning.lock`` (waits, then times out)."""
     path = root / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,6 +297,30 @@ def _workspace_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Non
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def track_directory(root: Path, rel: str, log: logging.Logger | None = None) -> bool:
+    """`dvc add REL` (+ `dvc push REL.dvc` when a default remote is configured) for a folder the
+    platform owns outside the dataset versions (the algorithm repository); the caller holds
+    `workspace_lock`. A git workspace without DVC gets `dvc init`; the user's git index is left as
+    it was. False (nothing tracked) when `root` is neither a DVC nor a git repository."""
+    log = log or logging.getLogger(__name__)
+    root = Path(root).resolve()
+    git = _git_ok(root, "rev-parse", "--show-toplevel")
+    is_git = git is not None and Path(git).resolve() == root
+    if not (root / ".dvc").is_dir():
+        if not is_git:
+            log.warning("%s is neither a DVC nor a git repository: %s is not DVC-tracked", root, rel)
+            return False
+        with _index_untouched(root):
+            _dvc(root, "init", "-q")
+    with _index_untouched(root) if is_git else contextlib.nullcontext():
+        _dvc(root, "add", rel)
+    if _default_remote(root):
+        _dvc(root, "push", f"{rel}.dvc")
+    else:
+        log.info("no default DVC remote configured: %s not pushed", rel)
+    return True
 
 
 # --------------------------------------------------------------------------- DVC config
@@ -386,7 +410,7 @@ def _tag_parts(tag: str) -> tuple[str, int]:
     return match["name"], int(match["num"])
 
 
-def _split_vid(vid: str) -> tuple[str, int | None]:
+def split_version_id(vid: str) -> tuple[str, int | None]:
     """``lab@v3`` -> ("lab", 3); ``lab@latest`` -> ("lab", None); ValueError otherwise."""
     match = _VID_RE.match(vid.strip())
     if not match:
@@ -400,7 +424,7 @@ def parse_version_id(vid: str, root: Path | None = None) -> tuple[str, int]:
     ``name@latest`` is resolved against ``root``'s tags (ValueError without ``root``).
     A bare ``name`` is rejected: a version must always be explicit.
     """
-    name, num = _split_vid(vid)
+    name, num = split_version_id(vid)
     if num is not None:
         return name, num
     if root is None:
@@ -444,7 +468,7 @@ def next_version(root: Path, dataset: str) -> int:
 
 def resolve(root: Path, vid: str) -> VersionRecord:
     """The record for ``name@vN`` or ``name@latest``; VersionNotFoundError lists what exists."""
-    name, num = _split_vid(vid)
+    name, num = split_version_id(vid)
     versions = list_versions(root, name)
     if versions and num is None:
         return versions[-1]
@@ -491,7 +515,7 @@ def publish(
     _refuse_data_branch_checked_out(root)
     if not (root / "data" / "datasets" / dataset).is_dir():
         raise VersioningError(f"nothing to publish: {root / 'data/datasets' / dataset} is missing")
-    with _workspace_lock(root, lock_timeout):
+    with workspace_lock(root, lock_timeout):
         ensure_repo(root)
         version = next_version(root, dataset)
         _check_declared_version(root, dataset, version)
@@ -695,7 +719,7 @@ def checkout(root: Path, vid: str, *, force: bool = False, lock_timeout: float =
     """
     root = _require_git_root(root)
     record = resolve(root, vid)
-    with _workspace_lock(root, lock_timeout):
+    with workspace_lock(root, lock_timeout):
         pointers = _version_pointers(root, record.commit)
         saved = {p: (root / p).read_bytes() if (root / p).is_file() else None for p in pointers}
         try:

@@ -164,7 +164,7 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
                 st.add_record(_record(lin, rnd, labels[lin.key], ev, pt, {
                     "data": lab["version"], "released": released, "decision": dec.get("reason"),
                     "accepted": lab["accepted"], "rejected": lab["rejected"], "agreement": lab["agreement"],
-                    "train_s": ft["seconds"]["train"], "steps": ft["steps"],
+                    "train_s": ft["seconds"]["build"], "steps": ft["steps"],
                     "hard_examples": hard["hard_examples_new"] if lin.main and edge_on else None}))
                 say(f"round {rnd} {lin.key}: {lab['tasks']} frames labeled, {lab['accepted']} accepted → "
                     f"{lab['version']} (total {labels[lin.key]}), "

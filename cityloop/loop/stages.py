@@ -15,13 +15,12 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cityloop.core.procs import alive, stop_group
+from cityloop.core.procs import ManagedProcess
 from cityloop.core.settings import load_params
 from cityloop.loop.params import Lineage, LoopParams
 
@@ -92,37 +91,32 @@ def fleet(root: Path, p: LoopParams) -> EdgeFleet:
     return EdgeFleet(Path(root), names, [p.base_port + k for k in range(p.nodes)], p.base_port - 1)
 
 
-def _pidfile(root: Path, name: str) -> Path:
-    return Path(root) / ".cityloop" / "loop" / "pids" / f"{name}.pid"
+INBOX, INBOX_MODULE = "loop-inbox", "cityloop.edge.inbox"  # the center's inbox process of the loop
+
+
+def _process(root: Path, name: str, argv: list[str] | None = None) -> ManagedProcess:
+    """One of the loop's detached processes: pid under .cityloop/loop/pids, log under .cityloop/loop/logs.
+    Its command line must name it (`--name NODE`, or the inbox module) for a recorded pid to count."""
+    loop_dir = Path(root) / ".cityloop" / "loop"
+    marker = INBOX_MODULE if name == INBOX else name
+    return ManagedProcess(name, loop_dir / "pids", argv or [sys.executable], {**os.environ, "CITYLOOP_ROOT": str(root)},
+                          cwd=Path(root), marker=marker, log_file=loop_dir / "logs" / f"{name}.log")
 
 
 def _start(root: Path, name: str, argv: list[str]) -> int:
-    """Start a detached process with its log under .cityloop/loop/logs (pid file beside)."""
-    logs = Path(root) / ".cityloop" / "loop" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    pf = _pidfile(root, name)
-    pf.parent.mkdir(parents=True, exist_ok=True)
-    with (logs / f"{name}.log").open("ab") as fh:
-        proc = subprocess.Popen(argv, cwd=root, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "CITYLOOP_ROOT": str(root)})
-    pf.write_text(str(proc.pid))
-    return proc.pid
+    """Start a detached process (its log under .cityloop/loop/logs, its pid file beside)."""
+    return _process(root, name, argv).launch()
 
 
 def _stop(root: Path, name: str, timeout: float = 30.0) -> None:
-    pf = _pidfile(root, name)
-    if not pf.exists():
-        return
-    pid = int(pf.read_text())
-    stop_group(pid, timeout)
-    pf.unlink(missing_ok=True)
+    _process(root, name).stop(timeout)
 
 
 def production_or(root: Path, name: str, fallback: str) -> str:
     """What the nodes should serve: the name's production version, else `fallback`."""
-    from cityloop.models.registry import Registry
+    from cityloop.models.store import ModelStore
 
-    mv = Registry(Path(root), track=False).production(name)
+    mv = ModelStore(Path(root), track=False).production(name)
     return mv.id if mv else fallback
 
 
@@ -135,8 +129,7 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
     f = fleet(root, p)
     stop_edge(root, p)  # a killed earlier round may have left nodes behind
     bin_dir = Path(sys.executable).parent
-    _start(root, "loop-inbox",
-           [sys.executable, "-m", "cityloop.edge.inbox", "--root", str(root), "--port", str(f.inbox_port)])
+    _start(root, INBOX, [sys.executable, "-m", INBOX_MODULE, "--root", str(root), "--port", str(f.inbox_port)])
     cams = streams["cameras"]
     for k, (name, port) in enumerate(zip(f.names, f.ports)):
         # the last round's nodes left "streams done" behind: a fresh node writes its own status
@@ -155,7 +148,7 @@ def start_edge(root: Path, rnd: int, streams: dict, model: str, p: LoopParams, t
     except TimeoutError as e:  # say which node process died, with its log's last line
         logs = Path(root) / ".cityloop" / "loop" / "logs"
         dead = [f"{n} exited ({_last_line(logs / f'{n}.log')!r}; see {logs / f'{n}.log'})"
-                for n in f.names if not alive(int(_pidfile(root, n).read_text()))]
+                for n in f.names if _process(root, n).pid() is None]
         raise RuntimeError(f"{e}{': ' + '; '.join(dead) if dead else ''}") from e
     return {"nodes": f.names, "urls": urls, "model": model, "round": rnd}
 
@@ -196,13 +189,13 @@ def drain_edge(root: Path, p: LoopParams, timeout: float = 300.0) -> dict:
 
 def stop_edge(root: Path, p: LoopParams) -> None:
     """Stop the loop's nodes (their bento servers stop with them) and the inbox."""
-    for name in [*fleet(root, p).names, "loop-inbox"]:
+    for name in [*fleet(root, p).names, INBOX]:
         _stop(root, name)
 
 
 # ------------------------------------------------------------------ labeling
 def labeling_params(root: Path, lin: Lineage, p: LoopParams, budget: int):
-    from cityloop.labeling.settings import LabelingParams
+    from cityloop.labeling.params import LabelingParams
 
     lp = dict(load_params(Path(root)).get("labeling", {}))
     lp.update(project=lin.project, dataset=lin.dataset, strategy=lin.arm, budget=budget,
@@ -228,16 +221,16 @@ def label_round(root: Path, lin: Lineage, rnd: int, model: str, p: LoopParams, b
     """One batch for this lineage through Label Studio: select (its arm) → pre-annotate → annotate
     (scripted annotators, or people) → wait → pull through the batch gate into its dataset."""
     from cityloop.labeling.annotator import run_team, truth_from_folder
+    from cityloop.labeling.project import open_workspace
     from cityloop.labeling.pull import pull
     from cityloop.labeling.push import label_classes, labeled_elsewhere, push
-    from cityloop.labeling.settings import open_workspace
     from cityloop.labeling.status import wait_until_labeled
-    from cityloop.models.registry import Registry
     from cityloop.models.runtime import OnnxDetector
+    from cityloop.models.store import ModelStore
 
     lp = labeling_params(root, lin, p, budget)
     params, project, repo, gate = open_workspace(Path(root), lp)
-    mv = Registry(Path(root)).get(model)
+    mv = ModelStore(Path(root)).get(model)
     project.ensure(label_classes(mv.card))
     t0 = time.perf_counter()
     pushed = push(project, repo, OnnxDetector(mv.model_path, mv.card, threads=2), mv.id, lp.pool,
@@ -263,80 +256,62 @@ def label_round(root: Path, lin: Lineage, rnd: int, model: str, p: LoopParams, b
 
 # ------------------------------------------------------------------ models
 def finetune(root: Path, lin: Lineage, data: str, parent: str, p: LoopParams) -> dict:
-    """Warm-start from `parent` on the lineage's labeled data (+ replay), export, parity, register
-    under the lineage's model name; idempotent (a finished run resumes, a stored artifact is found)."""
-    from cityloop.models.card import ModelCard
-    from cityloop.models.package import export_step, parity_step, registry_for, train_step
+    """Warm-start from `parent` on the lineage's labeled data (+ replay): a new version of the
+    lineage's model (`build_version`: idempotent, a finished run resumes, a stored artifact is found)."""
+    from cityloop.models.lifecycle import build_version
 
-    params = load_params(Path(root))
-    tp = {k: v for k, v in params.get("train", {}).items() if k != "data"}
+    tp = {k: v for k, v in load_params(Path(root)).get("train", {}).items() if k != "data"}
     tp.update(p.train)
     tp["seed"] = int(tp.get("seed", 0)) + lin.seed
     t0 = time.perf_counter()
-    run = train_step(Path(root), data, tp, parent, replay=tuple(p.replay))
-    t1 = time.perf_counter()
-    onnx_path, card = export_step(Path(root), run, Path(run["run_dir"]))
-    card = dataclasses.replace(card, name=lin.model)
-    card.save(Path(run["run_dir"]) / "card.json")
-    parity = parity_step(Path(root), run, onnx_path, card, params.get("export", {}).get("parity_frames", 16),
-                         params.get("registry", {}).get("parity_tolerance", 1e-4))
-    mv = registry_for(Path(root)).register(onnx_path, ModelCard.from_dict(card.to_dict()),
-                                           {"weights.pt": Path(run["weights"])}, parity)
-    secs = {"train": round(t1 - t0, 1), "package": round(time.perf_counter() - t1, 1)}
-    return {"model": mv.id, "data": run["data"], "parent": parent, "epochs": run["epochs"], "steps": run["steps"],
-            "replay": run["replay"], "parity": parity["passed"], "seconds": secs}
+    built = build_version(Path(root), data, tp, parent=parent, replay=tuple(p.replay), name=lin.model)
+    run = built["run"]
+    return {"model": built["model"], "data": run["data"], "parent": parent, "epochs": run["epochs"],
+            "steps": run["steps"], "replay": run["replay"], "parity": built["parity"]["passed"],
+            "seconds": {"build": round(time.perf_counter() - t0, 1)}}
 
 
 def evaluate(root: Path, model: str) -> dict:
     """Field mAP@0.5 of a version on the benchmark set, overall and per condition (recorded in the registry)."""
-    from cityloop.models.package import registry_for
+    from cityloop.models.gate import open_gate
 
-    reg = registry_for(Path(root))
-    mv = reg.get(model)
-    m = mv.metrics() or reg.evaluate(mv.id)
+    gate = open_gate(Path(root))
+    mv = gate.store.get(model)
+    m = mv.metrics() or gate.evaluate(mv.id)
     by = m.get("by", {}).get("condition", {})
     return {"model": mv.id, "benchmark": m.get("benchmark"), "mAP50": m["mAP50"], "mAP": m.get("mAP"),
             "per_condition": {k: v.get("mAP50") for k, v in by.items()}, "per_class": m.get("per_class", {})}
 
 
-def loop_registry(root: Path, p: LoopParams):
-    """The registry with the loop's promotion target (`loop.promote_target`; None: registry.target)."""
-    from cityloop.models.package import registry_for
+def loop_gate(root: Path, p: LoopParams):
+    """The promotion gate with the loop's target (`loop.promote_target`; None: registry.target)."""
+    from cityloop.models.gate import open_gate
 
-    return registry_for(Path(root), **({} if p.promote_target is None else {"target": p.promote_target}))
+    return open_gate(Path(root), **({} if p.promote_target is None else {"target": p.promote_target}))
 
 
 def gate(root: Path, model: str, p: LoopParams) -> dict:
     """The registry's promotion gate (target, no condition regression, parity, latency)."""
-    d = loop_registry(root, p).promote(model).to_dict()
+    d = loop_gate(root, p).promote(model).to_dict()
     return {"promoted": d["promoted"], "reason": d["reason"]}
 
 
 def release(root: Path, model: str, p: LoopParams) -> dict:
     """Canary on one node, compared with production on the same frames, then rolled out or back
     (the registry's promotion gate decides on accuracy; `loop.release` overrides `release:`)."""
-    from cityloop.bento.build import build_bento
     from cityloop.edge import rollout
-    from cityloop.edge.fleet import deploy, list_nodes
 
-    rp = rollout.ReleaseParams.from_dict({**(load_params(Path(root)).get("release") or {}), **p.release})
     t0 = time.perf_counter()
-    build_bento(Path(root), model)
-    pl = rollout.plan(Path(root), model)
-    urls = deploy(Path(root), [pl.canary], pl.candidate, rp.deploy_timeout_s)
-    prod_url = next(n["url"] for n in list_nodes(Path(root)) if n["name"] == pl.others[0])
-    cmp = rollout.compare(urls[pl.canary], prod_url, rollout.load_frames(Path(root), rp.frames, rp.max_frames),
-                          rp.min_score)
-    passed, checks = rollout.decide(cmp, rp)
-    d = rollout.finish(Path(root), pl, passed, checks, cmp, rp, gate_registry=loop_registry(root, p))
-    return {"action": d.action, "reason": d.reason, "production": pl.production, "agreement": cmp.agreement,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    d = rollout.release(Path(root), model, params=rollout.release_params(Path(root), **p.release),
+                        gate=loop_gate(root, p))
+    return {"action": d["action"], "reason": d["reason"], "production": d["plan"]["production"],
+            "agreement": d["comparison"]["agreement"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------ events
 def patrol(root: Path, streams: dict, model: str) -> dict:
     """Event precision, recall and time to discovery of `model` on the round's streams (in-process)."""
-    from cityloop.analysis.config import analysis_params
+    from cityloop.analysis.params import analysis_params
     from cityloop.analysis.patrol import run_patrol
 
     db = Path(root) / ".cityloop" / "loop" / "patrol.db"

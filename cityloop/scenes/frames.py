@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cityloop.core.geometry import iou
 from cityloop.scenes.render import (
     Box,
     Light,
@@ -72,14 +73,6 @@ def _rough_box(cls: str, x: float, y: float, s: float) -> Box:
     return (x - half, y - tall, x + half, y)
 
 
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> list[Obj]:
     """Place objects where they belong (riders and cars on the road, stalls on pavements...)."""
     rates = dict(RATES)
@@ -97,7 +90,7 @@ def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> li
                     continue
                 s = cam.scale(y)
                 box = _rough_box(cls, x, y, s)
-                if any(_iou(box, b) > 0.3 for _, b in placed):
+                if any(iou(box, b) > 0.3 for _, b in placed):
                     continue
                 attrs = sample_attrs(cls, rng)
                 if cls == "car" and cam.layout == "perspective":

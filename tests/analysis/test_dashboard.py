@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cityloop.labeling.browser import CHROMIUM, FLAGS
 
 from cityloop.analysis.dashboard import Dashboard
 from cityloop.analysis.params import AnalysisParams
 from cityloop.analysis.patrol import run_patrol
 from cityloop.analysis.store import EventStore
+from cityloop.labeling.browser import CHROMIUM, FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 SHOT = REPO / "reports" / "test-artifacts" / "dashboard.png"

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from cityloop.bento.serving import Server, free_port, start_server, stop_server
 
 TOKEN = "test-token-not-a-secret"
@@ -29,9 +30,9 @@ def ws_copy(model_ws, tmp_path_factory) -> Path:
 def server(model_ws, tmp_path_factory) -> Server:
     """The service file serving cityloop-detector:v1 from the registry, token required,
     small limits so the 413/503 paths are reachable: 1 MiB bodies, 2 requests in flight."""
-    from cityloop.models.registry import Registry
+    from cityloop.models.store import ModelStore
 
-    mv = Registry(model_ws.root, track=False).get(model_ws.model_id)
+    mv = ModelStore(model_ws.root, track=False).get(model_ws.model_id)
     logs = tmp_path_factory.mktemp("serve-logs")
     srv = start_server(logs, free_port(), model_dir=mv.path, log_path=logs / "serve.log", extra_env={
         "CITYLOOP_API_TOKEN": TOKEN, "CITYLOOP_MAX_BYTES": str(1 << 20), "CITYLOOP_MAX_INFLIGHT": "2",

@@ -12,9 +12,10 @@ import sys
 import tarfile
 
 import pytest
+from typer.testing import CliRunner
+
 from cityloop.bento.build import bento_manifest, build_bento
 from cityloop.bento.serving import DetectorClient, free_port, start_server, stop_server
-from typer.testing import CliRunner
 
 from .conftest import field_images
 

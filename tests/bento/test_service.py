@@ -9,9 +9,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+
 from cityloop.bento.serving import DetectorClient, ServingError
-from cityloop.models.registry import Registry
 from cityloop.models.runtime import OnnxDetector, decode_image
+from cityloop.models.store import ModelStore
 
 from .conftest import TOKEN, field_images
 
@@ -40,7 +41,7 @@ def _assert_same(served: list[dict], local, version: str) -> None:
 def test_detections_equal_in_process_onnxruntime(server, model_ws):
     """Served detections (single request, and many concurrent requests batched together) are
     exactly what onnxruntime gives in-process for the same bytes."""
-    mv = Registry(model_ws.root, track=False).get(model_ws.model_id)
+    mv = ModelStore(model_ws.root, track=False).get(model_ws.model_id)
     images = field_images(model_ws.root, 12)
     local = OnnxDetector(mv.model_path, mv.card).detect([decode_image(b) for b in images])
     assert sum(len(d) for d in local) > 0, "the test model should find something"

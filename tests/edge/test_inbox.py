@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from cityloop.bento.serving import free_port
 
+from cityloop.bento.serving import free_port
 from cityloop.edge.inbox import InboxStore, inbox_ingest, serve_inbox
 
 from .conftest import copy_workspace

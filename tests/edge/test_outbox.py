@@ -10,8 +10,8 @@ import subprocess
 
 import httpx
 import pytest
-from cityloop.bento.serving import free_port
 
+from cityloop.bento.serving import free_port
 from cityloop.edge.inbox import InboxStore
 from cityloop.edge.node import node_dir
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cityloop.bento.serving import free_port
-from cityloop.models.card import ModelCard
-from cityloop.models.package import registry_for
-from cityloop.models.registry import PARTNER_PARITY, Registry
 from onnx import numpy_helper
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
+from cityloop.bento.serving import free_port
 from cityloop.cli import app
 from cityloop.edge.fleet import list_nodes, served_version
+from cityloop.models.card import ModelCard
+from cityloop.models.gate import open_gate
+from cityloop.models.store import PARTNER_PARITY, ModelStore
 
 from .conftest import copy_workspace, wait_for
 
@@ -26,7 +26,7 @@ RELEASE = {"min_score": 0.2, "max_frames": 24, "deploy_timeout_s": 120}
 
 def perturbed(root: Path, model_id: str, noise: float, out: Path, vendor: str) -> str:
     """Register a copy of model_id with Gaussian noise (noise x each conv weight's std) on its weights."""
-    mv = Registry(root, track=False).get(model_id)
+    mv = ModelStore(root, track=False).get(model_id)
     m = onnx.load(str(mv.model_path))
     rng = np.random.default_rng(0)
     for init in m.graph.initializer:
@@ -37,7 +37,7 @@ def perturbed(root: Path, model_id: str, noise: float, out: Path, vendor: str) -
     onnx.save(m, str(out))
     card = ModelCard.from_dict({**mv.card.to_dict(), "vendor": vendor, "stage": "candidate", "metrics": {}})
     # a partner-style artifact: the perturbed ONNX file is the artifact, there is no torch model to compare
-    return registry_for(root).register(out, card, parity={"status": PARTNER_PARITY}).id
+    return open_gate(root).store.register(out, card, parity={"status": PARTNER_PARITY}).id
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes
 
     root = copy_workspace(model_ws.root, tmp_path / "ws", {"registry": LOOSE_GATE, "release": RELEASE,
                                                            "edge": {"heartbeat_s": 0.3}})
-    reg = registry_for(root)
+    reg = open_gate(root)
     assert reg.promote(model_ws.model_id).promoted  # v1 in production: what the nodes serve
     worse = perturbed(root, model_ws.model_id, 1.0, tmp_path / "worse.onnx", "degraded-test")
     nodes = nodes_factory(root)
@@ -61,8 +61,9 @@ def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes
         assert "agreement" in failed and bad["comparison"]["agreement"] < RELEASE.get("min_agreement", 0.8)
         for n in list_nodes(root):  # both nodes serve production again, the canary included
             assert n["model_version"] == model_ws.model_id and served_version(n["url"]) == model_ws.model_id
-        assert reg.get(worse).stage == "candidate" and reg.production("cityloop-detector").id == model_ws.model_id
-        refused = [e for e in reg.events() if e["event"] == "promotion_refused" and e["id"] == worse]
+        assert reg.store.get(worse).stage == "candidate"
+        assert reg.store.production("cityloop-detector").id == model_ws.model_id
+        refused = [e for e in reg.store.events() if e["event"] == "promotion_refused" and e["id"] == worse]
         assert refused and "agreement" in refused[-1]["why"]
 
         good = perturbed(root, model_ws.model_id, 1e-4, tmp_path / "good.onnx", "retrained-test")
@@ -70,7 +71,7 @@ def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes
         assert ok["action"] == "rolled_out", ok["reason"]
         assert ok["comparison"]["agreement"] > 0.95 and ok["comparison"]["canary_error_rate"] == 0
         assert {n["model_version"] for n in list_nodes(root)} == {good}
-        assert reg.production("cityloop-detector").id == good
+        assert reg.store.production("cityloop-detector").id == good
 
         from prefect.artifacts import Artifact
 
@@ -80,4 +81,4 @@ def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes
     res = CliRunner().invoke(app, ["edge", "rollback"], env={"CITYLOOP_ROOT": str(root)})  # by hand, no Prefect
     assert res.exit_code == 0, res.output
     assert {n["model_version"] for n in list_nodes(root)} == {model_ws.model_id}
-    assert reg.production("cityloop-detector").id == model_ws.model_id and reg.get(good).stage == "retired"
+    assert reg.store.production("cityloop-detector").id == model_ws.model_id and reg.store.get(good).stage == "retired"

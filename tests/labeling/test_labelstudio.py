@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
 from cityloop.labeling.annotator import ErrorModel, run_team
 from cityloop.labeling.convert import Box, to_result
 from cityloop.labeling.project import LabelingProject, client
 from cityloop.labeling.pull import pull
 from cityloop.labeling.push import PushParams, label_classes, push
 from cityloop.labeling.status import status
-from cityloop.models.registry import Registry
 from cityloop.models.runtime import OnnxDetector
-
-from cityloop.governance.gate import GateParams
-from cityloop.governance.repository import DataRepository
+from cityloop.models.store import ModelStore
 from tests.conftest import REPO, ModelWorkspace
 from tests.labeling.conftest import ground_truth
 
@@ -35,7 +35,7 @@ PERFECT = ErrorModel("perfect", miss=0.0, flip=0.0, jitter=0.0)
 def project(labelstudio, ws: ModelWorkspace, title: str) -> LabelingProject:
     proj = LabelingProject(client(labelstudio.url, labelstudio.credentials().token), ws.root, title,
                            labelstudio.media, labelstudio.url)
-    proj.ensure(label_classes(Registry(ws.root).get(ws.model_id).card))
+    proj.ensure(label_classes(ModelStore(ws.root).get(ws.model_id).card))
     return proj
 
 
@@ -44,7 +44,7 @@ def repo(ws: ModelWorkspace) -> DataRepository:
 
 
 def detector(ws: ModelWorkspace) -> OnnxDetector:
-    mv = Registry(ws.root).get(ws.model_id)
+    mv = ModelStore(ws.root).get(ws.model_id)
     return OnnxDetector(mv.model_path, mv.card)
 
 
@@ -159,10 +159,11 @@ def prefect_harness():
 
 
 def test_webhooks_count_labels_and_emit_prefect_events(labelstudio, lws, prefect_harness, tmp_path: Path):
-    from cityloop.flows.labeling import LABEL_EVENT, READY_EVENT, emit_label, emit_ready
-    from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
+
+    from cityloop.flows.labeling import LABEL_EVENT, READY_EVENT, emit_label, emit_ready
+    from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register
 
     proj = project(labelstudio, lws, "webhooks")
     res = push(proj, repo(lws), detector(lws), lws.model_id, lws.pool, PushParams(budget=3, honeypot_share=0.0))
@@ -191,6 +192,7 @@ def test_webhooks_count_labels_and_emit_prefect_events(labelstudio, lws, prefect
 
 def test_label_flow_runs_select_push_wait_pull_version(labelstudio, lws, prefect_harness, monkeypatch):
     import yaml
+
     from cityloop.flows.labeling import label_flow
 
     params = yaml.safe_load((lws.root / "params.yaml").read_text())

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from cityloop.governance.gate import GateParams, run_batch_gate
+from cityloop.governance.schema import CLASSES
 from cityloop.labeling.annotator import ErrorModel, assign, corrupt
 from cityloop.labeling.convert import (
     Box,
@@ -23,9 +26,6 @@ from cityloop.labeling.pull import Chosen, batch_tables
 from cityloop.labeling.quality import agreement, assess
 from cityloop.labeling.select import Candidate, select, uncertainty
 from cityloop.labeling.webhooks import SECRET_HEADER, LabelCounter, WebhookReceiver
-
-from cityloop.governance.gate import GateParams, run_batch_gate
-from cityloop.governance.schema import CLASSES
 
 
 def test_boxes_survive_the_round_trip_through_label_studio_percent_coordinates():

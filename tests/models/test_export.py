@@ -10,11 +10,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from cityloop.models.card import ModelCard, OutputSpec
 from cityloop.models.components.detector import Detector, DetectorConfig
 from cityloop.models.export import check_parity, export_onnx, has_external_data, quantize_int8, split_reduce_means
 from cityloop.models.runtime import OnnxDetector, decode_image, decode_outputs, preprocess
-
 from cityloop.scenes.frames import iter_frames
 
 NAMES = ("heatmap", "wh", "offset")

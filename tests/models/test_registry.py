@@ -22,10 +22,6 @@ import onnx
 import pandas as pd
 import pytest
 import yaml
-from cityloop.models.card import InputSpec, ModelCard, OutputSpec
-from cityloop.models.evaluate import detections_to_coco, evaluate, load_benchmark
-from cityloop.models.registry import Registry, RegistryError, RegistryParams
-from cityloop.models.runtime import Detection
 from onnx import TensorProto, helper, numpy_helper
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -34,6 +30,11 @@ from typer.testing import CliRunner
 from cityloop.governance.gate import GateParams
 from cityloop.governance.repository import DataRepository
 from cityloop.governance.schema import CATEGORY_IDS
+from cityloop.models.card import InputSpec, ModelCard, OutputSpec
+from cityloop.models.evaluate import detections_to_coco, evaluate, load_benchmark
+from cityloop.models.gate import PromotionGate, RegistryParams
+from cityloop.models.runtime import Detection
+from cityloop.models.store import ModelStore, RegistryError
 from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +45,11 @@ FRAMES = 20  # even: day, odd: night
 
 
 # ---------------------------------------------------------------------- fixtures
+
+
+def gate_of(ws: Path, p: RegistryParams, track: bool = False) -> PromotionGate:
+    """The workspace's store behind a gate with params `p`."""
+    return PromotionGate(ModelStore(ws, track=track, parity_tolerance=p.parity_tolerance), p)
 
 
 def _bench_frames(src: Path) -> None:
@@ -250,7 +256,7 @@ def test_evaluate_equals_pycocotools_by_hand_and_sanity(ws: Path):
 
 
 def test_register_refuses_models_without_passing_parity(ws: Path, tmp_path: Path):
-    reg = Registry(ws, params(), track=False)
+    reg = gate_of(ws, params())
     model = own_model(tmp_path, "nopar")
     cases = [(card("nopar"), None, "no parity result"),
              (card("nopar", gates={"parity": {"passed": False, "max_abs_diff": 0.3}}), None, "parity failed"),
@@ -260,25 +266,25 @@ def test_register_refuses_models_without_passing_parity(ws: Path, tmp_path: Path
              (card("nopar", vendor="acme"), None, "through admission")]
     for c, parity, why in cases:
         with pytest.raises(RegistryError, match=why.replace("(", r"\(")):
-            reg.register(model, c, parity=parity)
+            reg.store.register(model, c, parity=parity)
     assert not (ws / "data" / "models" / "nopar").exists()
-    rejected = [e for e in reg.events() if e["event"] == "rejected" and e["data"].get("name") == "nopar"]
+    rejected = [e for e in reg.store.events() if e["event"] == "rejected" and e["data"].get("name") == "nopar"]
     assert len(rejected) == len(cases) and all(e["who"] and e["ts"] and e["why"] for e in rejected)
-    mv = reg.register(model, card("nopar"), parity=PASSED)  # with a passing parity result it goes in
+    mv = reg.store.register(model, card("nopar"), parity=PASSED)  # with a passing parity result it goes in
     assert mv.id == "nopar:v1" and mv.parity["status"] == "passed"
     export_style = {"max_abs_diff": {"boxes": 3e-4, "scores": 2e-7, "labels": 0.0}, "boxes_equal": True,
                     "max_box_diff": 0.0, "score_diff": 1e-7, "tolerance": 1e-4, "frames": 16, "passed": True,
                     "reason": ""}  # models.export.ParityResult.to_dict(): relative check, absolute diffs
     other = own_model(tmp_path, "nopar")
-    assert reg.register(other, card("nopar", gates={"parity": export_style})).id == "nopar:v2"
+    assert reg.store.register(other, card("nopar", gates={"parity": export_style})).id == "nopar:v2"
 
 
 def test_versions_are_immutable_and_tracked_by_dvc(ws: Path, tmp_path: Path):
-    reg = Registry(ws, params())  # track=True: dvc add data/models (+ push: the ingest configured a remote)
+    reg = gate_of(ws, params(), track=True)  # track=True: dvc add data/models (+ push: the ingest configured a remote)
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"opaque training weights")
     model = own_model(tmp_path, "immut")
-    v1 = reg.register(model, card("immut", gates={"parity": PASSED}), extra_files={"weights.pt": weights})
+    v1 = reg.store.register(model, card("immut", gates={"parity": PASSED}), extra_files={"weights.pt": weights})
     assert v1.id == "immut:v1" and v1.stage == "candidate" and set(v1.files) == {"model.onnx", "card.json",
                                                                                    "weights.pt"}
     assert (v1.path / "weights.pt").read_bytes() == b"opaque training weights"
@@ -296,23 +302,23 @@ def test_versions_are_immutable_and_tracked_by_dvc(ws: Path, tmp_path: Path):
     assert remote.is_dir() and any(remote.rglob("*"))
 
     # the same artifact again is v1 itself; another one is v2; v1 is untouched
-    assert reg.register(model, card("immut", gates={"parity": PASSED})).id == "immut:v1"
+    assert reg.store.register(model, card("immut", gates={"parity": PASSED})).id == "immut:v1"
     before = (v1.path / "model.onnx").read_bytes()
     shutil.move(ws / ".dvc" / "config.local", tmp_path / "config.local")  # no remote: push skipped
     try:
-        v2 = reg.register(own_model(tmp_path, "immut"), card("immut", gates={"parity": PASSED}))
+        v2 = reg.store.register(own_model(tmp_path, "immut"), card("immut", gates={"parity": PASSED}))
     finally:
         shutil.move(tmp_path / "config.local", ws / ".dvc" / "config.local")
     assert v2.id == "immut:v2" and (v1.path / "model.onnx").read_bytes() == before
-    assert reg.verify("immut:v1") == [] and reg.get("immut:latest").id == "immut:v2"
+    assert reg.store.verify("immut:v1") == [] and reg.store.get("immut:latest").id == "immut:v2"
     # tampering (possible for root, or after a chmod) is detected
     os.chmod(v1.path / "weights.pt", 0o644)
     (v1.path / "weights.pt").write_bytes(b"tampered")
-    assert reg.verify("immut:v1") == ["weights.pt: content changed since registration"]
+    assert reg.store.verify("immut:v1") == ["weights.pt: content changed since registration"]
     with pytest.raises(RegistryError, match="not found; available"):
-        reg.get("immut:v9")
+        reg.store.get("immut:v9")
     with pytest.raises(RegistryError, match="invalid model id"):
-        reg.get("immut")
+        reg.store.get("immut")
 
 
 def test_registry_params_reject_unknown_and_missing_keys():
@@ -329,54 +335,54 @@ def test_registry_params_reject_unknown_and_missing_keys():
 
 
 def test_promotion_gate_passes_good_and_names_each_failing_check(ws: Path, tmp_path: Path):
-    reg = Registry(ws, params(), track=False)
-    good = reg.register(own_model(tmp_path, "det"), card("det"), parity=PASSED)
+    reg = gate_of(ws, params())
+    good = reg.store.register(own_model(tmp_path, "det"), card("det"), parity=PASSED)
     d = reg.promote(good.id)
     assert d.promoted and [c.name for c in d.checks] == ["target", "condition_regression", "parity", "latency"]
-    assert all(c.passed for c in d.checks) and reg.production("det").id == "det:v1"
-    metrics = reg.get("det:v1").card.metrics["field-bench@v1"]
+    assert all(c.passed for c in d.checks) and reg.store.production("det").id == "det:v1"
+    metrics = reg.store.get("det:v1").card.metrics["field-bench@v1"]
     assert metrics["mAP50"] == 1.0 and metrics["by"]["condition"]["night"]["mAP50"] == 1.0
     assert metrics["latency"]["batch1_median_ms"] > 0 and metrics["latency"]["throughput_ips"] > 0
     assert json.loads((good.path / "card.json").read_text())["stage"] == "candidate"  # card untouched
     assert not reg.promote("det:v1").promoted  # already there
 
-    shifted = reg.register(own_model(tmp_path, "det", box=SHIFTED), card("det"), parity=PASSED)
+    shifted = reg.store.register(own_model(tmp_path, "det", box=SHIFTED), card("det"), parity=PASSED)
     d = reg.promote(shifted.id)
     assert not d.promoted and "target" in failed(d.checks) and d.failed[0].value == 0.0
 
     # day-only model: overall mAP50 ~0.5 passes a 0.4 target, but night drops 1.0 -> 0.0 vs production
-    day_only = reg.register(own_model(tmp_path, "det", score="bright"), card("det"), parity=PASSED)
-    d = Registry(ws, params(target=0.4), track=False).promote(day_only.id)
+    day_only = reg.store.register(own_model(tmp_path, "det", score="bright"), card("det"), parity=PASSED)
+    d = gate_of(ws, params(target=0.4)).promote(day_only.id)
     assert not d.promoted and set(failed(d.checks)) == {"condition_regression"}
     assert "night" in failed(d.checks)["condition_regression"] and "d1" not in d.reason
 
-    slow = reg.register(own_model(tmp_path, "det"), card("det"), parity=PASSED)
-    d = Registry(ws, params(latency_budget_ms=0.0), track=False).promote(slow.id)
+    slow = reg.store.register(own_model(tmp_path, "det"), card("det"), parity=PASSED)
+    d = gate_of(ws, params(latency_budget_ms=0.0)).promote(slow.id)
     assert not d.promoted and set(failed(d.checks)) == {"latency"} and "latency" in d.reason
     assert "REFUSED" in d.render()
 
-    assert reg.production("det").id == "det:v1"
-    refused = [e for e in reg.events() if e["event"] == "promotion_refused" and e["id"].startswith("det:")]
+    assert reg.store.production("det").id == "det:v1"
+    refused = [e for e in reg.store.events() if e["event"] == "promotion_refused" and e["id"].startswith("det:")]
     assert [e["id"] for e in refused] == ["det:v2", "det:v3", "det:v4"]
 
 
 def test_rollback_restores_the_previous_production(ws: Path, tmp_path: Path):
-    reg = Registry(ws, params(), track=False)
-    a = reg.register(own_model(tmp_path, "rb"), card("rb"), parity=PASSED)
+    reg = gate_of(ws, params())
+    a = reg.store.register(own_model(tmp_path, "rb"), card("rb"), parity=PASSED)
     assert not reg.rollback("rb").promoted  # no production yet
     assert reg.promote(a.id).promoted
     d = reg.rollback("rb")
     assert not d.promoted and "nothing to roll back to" in d.reason
-    b = reg.register(own_model(tmp_path, "rb"), card("rb"), parity=PASSED)
+    b = reg.store.register(own_model(tmp_path, "rb"), card("rb"), parity=PASSED)
     d = reg.promote(b.id)
     assert d.promoted and d.previous == "rb:v1" and "retired" in d.reason
-    assert reg.get("rb:v1").stage == "retired" and reg.get("rb:production").id == "rb:v2"
+    assert reg.store.get("rb:v1").stage == "retired" and reg.store.get("rb:production").id == "rb:v2"
 
     d = reg.rollback("rb", why="field alarms doubled")
     assert d.promoted and d.action == "rollback" and d.id == "rb:v1" and d.previous == "rb:v2"
-    assert reg.production("rb").id == "rb:v1" and reg.get("rb:v2").stage == "retired"
+    assert reg.store.production("rb").id == "rb:v1" and reg.store.get("rb:v2").stage == "retired"
     assert not reg.rollback("rb").promoted  # v1 was the first production: history exhausted
-    rolled = [e for e in reg.events() if e["event"] == "rolled_back"]
+    rolled = [e for e in reg.store.events() if e["event"] == "rolled_back"]
     assert {e["id"]: e["stage"] for e in rolled} == {"rb:v2": "retired", "rb:v1": "production"}
     assert all("field alarms doubled" in e["why"] for e in rolled)
 
@@ -387,7 +393,7 @@ def test_rollback_restores_the_previous_production(ws: Path, tmp_path: Path):
 def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
     from cityloop.models.admission import admit
 
-    reg = Registry(ws, params(), track=False)
+    reg = gate_of(ws, params())
     pkg = package(tmp_path, "acme-boxes", external=True)  # weights as ONNX external data, inside the package
     report = admit(reg, pkg)
     assert report.admitted, str(report)
@@ -395,7 +401,7 @@ def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
     names = [c.name for c in report.checks]
     assert names[:3] == ["package", "manifest", "classes"] and names[-2:] == ["runtime", "benchmark"]
     assert "ignored (mapped to null): ['bicycle']" in next(c.detail for c in report.checks if c.name == "classes")
-    mv = reg.get("acme-boxes:v1")
+    mv = reg.store.get("acme-boxes:v1")
     assert mv.card.vendor == "acme" and mv.parity["status"] == "n/a (partner artifact)"
     assert set(mv.files) == {"model.onnx", "card.json", "weights.bin"}
     saved = json.loads(Path(report.path).read_text())
@@ -403,13 +409,13 @@ def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
     assert "| benchmark | pass |" in report.to_markdown()
     d = reg.promote(mv.id)  # uses the admission's evaluation; parity n/a counts for a partner artifact
     assert d.promoted and next(c for c in d.checks if c.name == "parity").detail == "n/a (partner artifact)"
-    assert sum(e["event"] == "evaluated" for e in reg.get(mv.id).events) == 1
+    assert sum(e["event"] == "evaluated" for e in reg.store.get(mv.id).events) == 1
 
 
 def test_admission_rejects_bad_packages_without_copying_them(ws: Path, tmp_path: Path):
     from cityloop.models.admission import admit
 
-    reg = Registry(ws, params(), track=False)
+    reg = gate_of(ws, params())
     hostile_rel = boxes_graph()
     hostile_abs = boxes_graph()
     for model, loc in ((hostile_rel, "../../etc/passwd"), (hostile_abs, "/etc/passwd")):
@@ -448,11 +454,11 @@ def test_admission_rejects_bad_packages_without_copying_them(ws: Path, tmp_path:
         assert not (ws / "data" / "models" / name).exists(), name
         saved = json.loads(Path(report.path).read_text())
         assert not saved["admitted"] and saved["reason"] == report.reason
-    tiny = Registry(ws, params(max_model_mb=1e-4), track=False)  # 100 bytes
+    tiny = gate_of(ws, params(max_model_mb=1e-4))  # 100 bytes
     report = admit(tiny, package(tmp_path, "bad-size"))
     assert not report.admitted and "size" in failed(report.checks) and "MB >" in report.reason
     assert not (ws / "data" / "models" / "bad-size").exists()
-    rejected = [e for e in reg.events() if e["event"] == "rejected" and e["data"].get("action") == "admit"]
+    rejected = [e for e in reg.store.events() if e["event"] == "rejected" and e["data"].get("action") == "admit"]
     assert {e["data"]["name"] for e in rejected} >= set(cases) | {"bad-size"}
 
 
@@ -469,8 +475,8 @@ def test_cli_list_show_promote_admit(ws: Path, tmp_path: Path, monkeypatch: pyte
     doc["registry"] = {"benchmark": "field-bench@latest", "target": 0.9, "latency_budget_ms": 10000}
     (ws / "params.yaml").write_text(yaml.safe_dump(doc))
     try:
-        reg = Registry(ws, params(), track=False)
-        reg.register(own_model(tmp_path, "clidet", box=SHIFTED), card("clidet"), parity=PASSED)
+        reg = gate_of(ws, params())
+        reg.store.register(own_model(tmp_path, "clidet", box=SHIFTED), card("clidet"), parity=PASSED)
         runner = CliRunner()
         res = runner.invoke(app, ["promote", "clidet:v1"])
         assert res.exit_code == 1 and "FAIL" in res.output and "REFUSED" in res.output, res.output
@@ -489,7 +495,8 @@ def test_cli_list_show_promote_admit(ws: Path, tmp_path: Path, monkeypatch: pyte
 
 
 def test_registry_evaluate_admission_import_without_torch():
-    code = ("import sys; import models.registry, models.evaluate, models.admission; "
+    code = ("import sys; import cityloop.models.store, cityloop.models.gate, cityloop.models.evaluate, "
+            "cityloop.models.admission; "
             "bad = [m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

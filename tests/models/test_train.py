@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
+from cityloop.governance.gate import GateParams
+from cityloop.governance.repository import DataRepository
 from cityloop.models.card import ModelCard
 from cityloop.models.components.detector import Detector, DetectorConfig
 from cityloop.models.data import BenchmarkLeakError, GovernedDataModule
 from cityloop.models.export import export_onnx
-from cityloop.models.package import build_card, evaluate_split
+from cityloop.models.lifecycle import build_card, evaluate_split
 from cityloop.models.train import TrainParams, read_metrics, train
-
-from cityloop.governance.gate import GateParams
-from cityloop.governance.repository import DataRepository
 from cityloop.scenes.frames import generate_frames
 from tests.conftest import make_workspace
 
@@ -121,9 +121,10 @@ def test_training_resumes_after_a_kill(ws: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_train_flow_registers_a_parity_checked_version(ws: Path, monkeypatch):
     import yaml
-    from cityloop.flows.training import train_flow
-    from cityloop.models.registry import Registry
     from prefect.testing.utilities import prefect_test_harness
+
+    from cityloop.flows.training import train_flow
+    from cityloop.models.store import ModelStore
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"].update({**TINY, "epochs": 2})
@@ -134,7 +135,7 @@ def test_train_flow_registers_a_parity_checked_version(ws: Path, monkeypatch):
     assert state.is_completed(), state.message
     out = state.result()
     assert out["parity"] is True and out["promotion"]["promoted"] is True
-    mv = Registry(ws).get(out["model"])
+    mv = ModelStore(ws).get(out["model"])
     assert mv.stage == "production" and (mv.path / "weights.pt").exists()
     card = ModelCard.load(mv.path / "card.json")
     assert card.dataset == "lab@v1" and card.classes and card.git_commit

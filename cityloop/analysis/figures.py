@@ -16,9 +16,9 @@ log = logging.getLogger("cityloop.analysis")
 def accuracy_curve(root: Path) -> list[dict[str, Any]]:
     """Per registered version in order: id, stage, registered, benchmark mAP50 (None: not evaluated)."""
     try:
-        from cityloop.models.registry import Registry
+        from cityloop.models.store import ModelStore
 
-        versions = Registry(Path(root), track=False).list()
+        versions = ModelStore(Path(root), track=False).list()
     except Exception as exc:  # noqa: BLE001 - no registry is a normal state for a fresh workspace
         log.info("no registry figures: %s", exc)
         return []

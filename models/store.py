@@ -1,4 +1,8 @@
-"""The algorithm repository: immutable model versions, their stages, and the promotion gate.
+"""The algorithm repository's store: immutable model versions and the events log.
+
+What a version *is* lives here (its files, card, registration, the stage the log gives it); what
+may *become* of it (evaluation, promotion, rollback, admission scoring) is decided by
+`cityloop.models.gate`, which records its verdicts through this store.
 
 Torch-free on purpose (an edge box has onnxruntime, not torch): never import torch, lightning,
 models.export or models.components here.
@@ -31,8 +35,8 @@ recorded in the log (a stack: promotion to production pushes, rollback pops), no
 
 Every mutation appends to the log and then runs `dvc add data/models` (and `dvc push
 data/models.dvc` when a default DVC remote is configured; none configured: the push is
-skipped), all under the workspace lock that dataset publishing uses
-(governance.versioning._workspace_lock), so registrations and publishes queue.
+skipped: `governance.versioning.track_directory`), all under the workspace lock that dataset
+publishing uses (`governance.versioning.workspace_lock`), so registrations and publishes queue.
 """
 
 from __future__ import annotations
@@ -52,11 +56,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cityloop.models.card import STAGES, ModelCard
-
-from cityloop.core.settings import from_section
 from cityloop.governance import versioning
 from cityloop.governance.schema import CLASSES
+from cityloop.models.card import STAGES, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,6 @@ CARD_FILE = "card.json"
 OWN_VENDOR = "cityloop"
 PARTNER_PARITY = "n/a (partner artifact)"
 DEFAULT_PARITY_TOLERANCE = 1e-4
-GATE_METRICS = ("mAP50", "mAP")
 RESERVED_NAMES = {ADMISSIONS_DIR}
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -77,105 +78,14 @@ _VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
 class RegistryError(RuntimeError):
-    """A registry operation was refused or cannot proceed (the message says why)."""
+    """An algorithm-repository operation was refused or cannot proceed (the message says why)."""
 
 
 class ModelNotFoundError(RegistryError, LookupError):
     """The requested model version does not exist."""
 
 
-# ---------------------------------------------------------------------- params and results
-
-
-@dataclass
-class RegistryParams:
-    """The `registry:` section of params.yaml (unknown keys raise ValueError)."""
-
-    benchmark: str  # dataset version id the gate scores on, e.g. "field-bench@latest"
-    target: float  # the gate's minimum of target_metric on the benchmark
-    latency_budget_ms: float  # max median ms per image at batch 1 (preprocess + infer + decode)
-    target_metric: str = "mAP50"  # mAP50 | mAP
-    max_condition_regression: float = 0.03  # max drop of target_metric on any condition vs production
-    parity_tolerance: float = DEFAULT_PARITY_TOLERANCE  # max |torch - onnx| output difference
-    admission_fraction: float = 0.9  # a partner model needs target_metric >= fraction * target
-    max_model_mb: float = 50.0  # partner package size limit (model.onnx + external data)
-
-    def __post_init__(self) -> None:
-        problems = []
-        try:
-            versioning._split_vid(self.benchmark)
-        except ValueError as exc:
-            problems.append(f"benchmark: {exc}")
-        if self.target_metric not in GATE_METRICS:
-            problems.append(f"target_metric must be one of {GATE_METRICS}: {self.target_metric!r}")
-        for key in ("target", "max_condition_regression", "latency_budget_ms", "parity_tolerance",
-                    "admission_fraction", "max_model_mb"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                problems.append(f"{key} must be a number >= 0: {value!r}")
-        if problems:
-            raise ValueError("invalid registry params: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> RegistryParams:
-        return from_section(cls, d, "registry")
-
-
-@dataclass
-class Check:
-    """One check of a gate: what was measured, against what, and whether it passed."""
-
-    name: str
-    passed: bool
-    value: Any = None
-    threshold: Any = None
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class Checked:
-    """A verdict made of checks (promotion decisions, admission reports)."""
-
-    checks: list[Check]
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["checks"] = [c.to_dict() for c in self.checks]
-        return d
-
-
-@dataclass
-class Decision(Checked):
-    """What the promotion gate (or a rollback) decided, and why."""
-
-    promoted: bool
-    checks: list[Check]
-    reason: str
-    id: str = ""
-    action: str = "promote"  # promote | rollback
-    to: str = "production"
-    previous: str | None = None  # the production version before (promote) / rolled back (rollback)
-
-    def render(self) -> str:
-        """Plain-text table: one line per check, then the verdict."""
-        lines = [f"{self.action} {self.id} -> {self.to}"]
-        for c in self.checks:
-            lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name:<22} value={_fmt(c.value):<10} "
-                         f"threshold={_fmt(c.threshold):<10} {c.detail}")
-        lines.append(("DONE: " if self.promoted else "REFUSED: ") + self.reason)
-        return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
+# ---------------------------------------------------------------------- versions
 
 
 @dataclass
@@ -218,7 +128,7 @@ class ModelVersion:
 # ---------------------------------------------------------------------- parity
 
 
-def _max_diff(p: Mapping[str, Any]) -> float | None:
+def max_parity_diff(p: Mapping[str, Any]) -> float | None:
     """The worst output difference of a parity record (a number, or per output name)."""
     diff = p.get("max_abs_diff", p.get("max_diff"))
     if isinstance(diff, Mapping):
@@ -257,7 +167,7 @@ def parity_status(card: ModelCard, parity: Any = None,
             return False, f"cityloop models need a real parity check, not {PARTNER_PARITY!r}", p
         return True, PARTNER_PARITY, {**p, "passed": None}
     try:
-        diff = _max_diff(p)
+        diff = max_parity_diff(p)
     except (TypeError, ValueError):
         return False, f"unreadable max_abs_diff in the parity result: {p.get('max_abs_diff')!r}", p
     shown = f" (max |diff| {diff:.3g})" if diff is not None else ""
@@ -273,7 +183,7 @@ def parity_status(card: ModelCard, parity: Any = None,
         **p, "status": "passed"}
 
 
-# ---------------------------------------------------------------------- the registry
+# ---------------------------------------------------------------------- the store
 
 
 def _now() -> str:
@@ -321,7 +231,7 @@ def split_id(model_id: str) -> tuple[str, str]:
     return m["name"], m["ref"]
 
 
-class _State:
+class StoreState:
     """The events log folded: stages, production history, registrations, per-id events."""
 
     def __init__(self, events: list[dict[str, Any]]) -> None:
@@ -355,18 +265,19 @@ class _State:
         return max(nums, default=0)
 
 
-class Registry:
+class ModelStore:
     """The algorithm repository of a workspace (see the module docstring for layout and events).
 
-    `params` (the registry: section of params.yaml) is needed by evaluate/promote/admission;
-    reading (list, get, show) works without. `track=False` skips the DVC bookkeeping
-    (`dvc add data/models` after each change), e.g. on an edge box without DVC.
+    `track=False` skips the DVC bookkeeping (`dvc add data/models` after each change), e.g. on an
+    edge box without DVC. `parity_tolerance` is the bar a registration's export parity must meet
+    (params.yaml `registry.parity_tolerance`, through `cityloop.models.gate.open_gate`).
     """
 
-    def __init__(self, root: Path, params: RegistryParams | None = None, track: bool = True) -> None:
+    def __init__(self, root: Path, track: bool = True,
+                 parity_tolerance: float = DEFAULT_PARITY_TOLERANCE) -> None:
         self.root = Path(root).resolve()
-        self.params = params
         self.track = track
+        self.parity_tolerance = parity_tolerance
         self.dir = self.root / MODELS_DIR
         self.events_path = self.dir / EVENTS_FILE
 
@@ -385,8 +296,10 @@ class Registry:
                 log.warning("%s:%d is not JSON; skipped", self.events_path, n)
         return out
 
-    def _event(self, event: str, model_id: str | None, stage: str | None = None, why: str = "",
-               **data: Any) -> dict[str, Any]:
+    @staticmethod
+    def event(event: str, model_id: str | None, stage: str | None = None, why: str = "",
+              **data: Any) -> dict[str, Any]:
+        """One entry of the events log (who and when filled in)."""
         return {"ts": _now(), "who": _who(), "event": event, "id": model_id, "stage": stage, "why": why,
                 "data": data}
 
@@ -399,45 +312,32 @@ class Registry:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _state(self) -> _State:
-        return _State(self.events())
+    def state(self) -> StoreState:
+        """The events log folded: stages, production history, registrations."""
+        return StoreState(self.events())
 
-    def _lock(self):
-        return versioning._workspace_lock(self.root)
+    def lock(self):
+        """The workspace lock (shared with dataset publishing): hold it around `write`."""
+        return versioning.workspace_lock(self.root)
 
     def _track_locked(self) -> None:
         """`dvc add data/models` (+ push when a default remote exists); caller holds the lock."""
-        if not self.track or not self.dir.is_dir():
-            return
-        git = versioning._git_ok(self.root, "rev-parse", "--show-toplevel")
-        is_git = git is not None and Path(git).resolve() == self.root
-        if not (self.root / ".dvc").is_dir():
-            if not is_git:
-                log.warning("%s is neither a DVC nor a git repository: data/models is not DVC-tracked", self.root)
-                return
-            with versioning._index_untouched(self.root):
-                versioning._dvc(self.root, "init", "-q")
-        if is_git:
-            with versioning._index_untouched(self.root):
-                versioning._dvc(self.root, "add", MODELS_DIR)
-        else:
-            versioning._dvc(self.root, "add", MODELS_DIR)
-        if versioning._default_remote(self.root):
-            versioning._dvc(self.root, "push", f"{MODELS_DIR}.dvc")
-        else:
-            log.info("no default DVC remote configured: %s not pushed", MODELS_DIR)
+        if self.track and self.dir.is_dir():
+            versioning.track_directory(self.root, MODELS_DIR, log)
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        """Append events and track the store; the caller holds `lock()` (a decision that must read
+        and write the log atomically, e.g. a promotion)."""
+        self._append(events)
+        self._track_locked()
 
     def record(self, events: list[dict[str, Any]], attach: Callable[[], None] | None = None) -> None:
         """Append events (and run `attach`, e.g. writing a report) under the lock, then track."""
-        with self._lock():
+        with self.lock():
             if attach:
                 attach()
             self._append(events)
             self._track_locked()
-
-    def refuse(self, model_id: str, why: str, to: str = "production", **data: Any) -> None:
-        """Record that a version was refused a stage by a check outside the promotion gate (a canary)."""
-        self.record([self._event("promotion_refused", self.get(model_id).id, why=why, to=to, **data)])
 
     # ------------------------------------------------------------------ reading
     def _version_dirs(self) -> list[tuple[str, int, Path]]:
@@ -453,7 +353,7 @@ class Registry:
                     out.append((name_dir.name, int(m[1]), vdir))
         return sorted(out, key=lambda t: (t[0], t[1]))
 
-    def _load(self, name: str, version: int, path: Path, state: _State) -> ModelVersion:
+    def _load(self, name: str, version: int, path: Path, state: StoreState) -> ModelVersion:
         mid = f"{name}:v{version}"
         card = ModelCard.load(path / CARD_FILE)
         events = state.by_id.get(mid, [])
@@ -470,13 +370,13 @@ class Registry:
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """Every registered version (of `name` when given), by name then version."""
-        state = self._state()
+        state = self.state()
         return [self._load(n, v, p, state) for n, v, p in self._version_dirs() if name is None or n == name]
 
     def get(self, model_id: str) -> ModelVersion:
         """A version by id: "name:v3", "name:latest", "name:production" (or another stage)."""
         name, ref = split_id(model_id)
-        state = self._state()
+        state = self.state()
         versions = [(v, p) for n, v, p in self._version_dirs() if n == name]
         if not versions:
             names = sorted({n for n, _, _ in self._version_dirs()})
@@ -500,7 +400,7 @@ class Registry:
 
     def production(self, name: str) -> ModelVersion | None:
         """The version of `name` in production, or None."""
-        prod = self._state().production(check_model_name(name))
+        prod = self.state().production(check_model_name(name))
         return self.get(prod) if prod else None
 
     def verify(self, model_id: str) -> list[str]:
@@ -544,18 +444,17 @@ class Registry:
             if not Path(path).is_file():
                 raise RegistryError(f"extra file {rel}: {path} is not a file")
             extras[rel] = Path(path)
-        tolerance = self.params.parity_tolerance if self.params else DEFAULT_PARITY_TOLERANCE
-        ok, why, pinfo = parity_status(card, parity, tolerance)
+        ok, why, pinfo = parity_status(card, parity, self.parity_tolerance)
         if not ok:
-            self.record([self._event("rejected", None, why=why, name=name, vendor=card.vendor,
+            self.record([self.event("rejected", None, why=why, name=name, vendor=card.vendor,
                                      source=source or str(model_path), action="register")])
             raise RegistryError(f"refused to register {name}: {why}")
-        with self._lock():
+        with self.lock():
             model_sha = _sha256(model_path)
             for same in self.list(name):  # the same artifact again (a re-run): that version, not a copy
                 if same.files.get(MODEL_FILE) == model_sha and same.card.variant == card.variant:
                     return same
-            version = max(self._state().max_version(name),
+            version = max(self.state().max_version(name),
                           max((v for n, v, _ in self._version_dirs() if n == name), default=0)) + 1
             mid = f"{name}:v{version}"
             final = self.dir / name / f"v{version}"
@@ -578,12 +477,12 @@ class Registry:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             _make_read_only(final)
-            events = [self._event("registered", mid, "candidate", why=f"registered from {source or model_path}",
+            events = [self.event("registered", mid, "candidate", why=f"registered from {source or model_path}",
                                   vendor=card.vendor, sha256=digests, parity=pinfo,
                                   size_bytes=sum((final / r).stat().st_size for r in digests),
                                   source=source or str(model_path))]
             if evaluation is not None:
-                events.append(self._event("evaluated", mid, why=f"benchmark {evaluation.get('benchmark')}",
+                events.append(self.event("evaluated", mid, why=f"benchmark {evaluation.get('benchmark')}",
                                           benchmark=evaluation.get("benchmark"), metrics=evaluation))
             self._append(events)
             if attach:
@@ -591,153 +490,7 @@ class Registry:
             self._track_locked()
         return self.get(mid)
 
-    # ------------------------------------------------------------------ evaluate
-    def _need_params(self, what: str) -> RegistryParams:
-        if self.params is None:
-            raise RegistryError(f"{what} needs the registry: section of params.yaml (benchmark, target, "
-                                "latency_budget_ms, ...)")
-        return self.params
 
-    def evaluate(self, model_id: str) -> dict[str, Any]:
-        """Run a version on params.benchmark (onnxruntime) and record the metrics in the events log."""
-        params = self._need_params("evaluate")
-        mv = self.get(model_id)
-        metrics = self._evaluate(mv, params.benchmark)
-        self.record([self._event("evaluated", mv.id, why=f"benchmark {metrics['benchmark']}",
-                                 benchmark=metrics["benchmark"], metrics=metrics)])
-        return metrics
-
-    def _evaluate(self, mv: ModelVersion, benchmark: str) -> dict[str, Any]:
-        from cityloop.models.evaluate import evaluate_onnx
-
-        return evaluate_onnx(mv.model_path, mv.card, self.root, benchmark, classes=model_classes(mv.card) or None)
-
-    def _metrics_on(self, mv: ModelVersion, benchmark: str) -> dict[str, Any]:
-        """Stored metrics of mv on a resolved benchmark version, else evaluate now (and record)."""
-        found = mv.metrics(benchmark)
-        if found is not None:
-            return found
-        metrics = self._evaluate(mv, benchmark)
-        self.record([self._event("evaluated", mv.id, why=f"benchmark {benchmark} (for the promotion gate)",
-                                 benchmark=metrics["benchmark"], metrics=metrics)])
-        return metrics
-
-    # ------------------------------------------------------------------ promote / rollback
-    def gate(self, mv: ModelVersion, metrics: dict[str, Any], prod: ModelVersion | None,
-             prod_metrics: dict[str, Any] | None) -> list[Check]:
-        """The promotion gate's checks (see promote)."""
-        p = self._need_params("the promotion gate")
-        metric = p.target_metric
-        bench = metrics.get("benchmark")
-        value = metrics.get(metric)
-        checks = [Check("target", value is not None and value >= p.target, value, p.target,
-                        f"{metric} on {bench}" + ("" if value is not None else " (no boxes to score)"))]
-        if prod is None or prod_metrics is None:
-            checks.append(Check("condition_regression", True, None, p.max_condition_regression,
-                                f"no production version of {mv.name} to compare with"))
-        else:
-            cand = (metrics.get("by") or {}).get("condition", {})
-            base = (prod_metrics.get("by") or {}).get("condition", {})
-            drops = {}
-            for cond in sorted(set(cand) | set(base)):
-                b, c = (base.get(cond) or {}).get(metric), (cand.get(cond) or {}).get(metric)
-                if b is not None:
-                    drops[cond] = (b - (c if c is not None else 0.0), b, c)
-            worst = max(drops.items(), key=lambda kv: kv[1][0], default=None)
-            bad = [f"{k}: {c if c is not None else 0:.3f} vs {b:.3f}" for k, (d, b, c) in drops.items()
-                   if d > p.max_condition_regression]
-            value = worst[1][0] if worst else 0.0
-            detail = (f"{metric} drop vs production {prod.id} per condition; "
-                      + ("regressed: " + "; ".join(bad) if bad else f"worst: {worst[0] if worst else '-'}"))
-            checks.append(Check("condition_regression", value <= p.max_condition_regression + 1e-12, value,
-                                p.max_condition_regression, detail))
-        ok, why, _ = parity_status(mv.card, mv.parity or None, p.parity_tolerance)
-        value = _max_diff(mv.parity) if mv.parity and mv.parity.get("status") != PARTNER_PARITY else None
-        checks.append(Check("parity", ok, value if value is not None else (mv.parity or {}).get("status"),
-                            p.parity_tolerance, why))
-        lat = (metrics.get("latency") or {}).get("batch1_median_ms")
-        checks.append(Check("latency", lat is not None and lat <= p.latency_budget_ms, lat, p.latency_budget_ms,
-                            "median ms per image at batch 1 (preprocess + infer + decode, onnxruntime CPU, "
-                            f"{(metrics.get('latency') or {}).get('threads', '?')} thread)"))
-        return checks
-
-    def promote(self, model_id: str, to: str = "production") -> Decision:
-        """The promotion gate. Passes only if all of:
-
-        target                metric >= params.target on params.benchmark (resolved version)
-        condition_regression  no condition's metric below production's by more than
-                              max_condition_regression (passes when there is no production)
-        parity                the export parity recorded at registration passed (partner: n/a)
-        latency               median ms per image at batch 1 <= latency_budget_ms
-
-        Metrics come from the events log when this version was evaluated on that benchmark
-        version, else it (and the production version) are evaluated now. On promotion to
-        production the previous production becomes "retired" (and stays the rollback target).
-        A refusal is recorded as a "promotion_refused" event.
-        """
-        if to not in ("staging", "production"):
-            raise RegistryError(f"cannot promote to {to!r}: staging or production")
-        params = self._need_params("promote")
-        mv = self.get(model_id)
-        if mv.stage in (to, "production"):
-            return Decision(False, [], f"{mv.id} is already in {mv.stage}", mv.id, "promote", to)
-        bench = versioning.resolve(self.root, params.benchmark).id
-        metrics = self._metrics_on(mv, bench)
-        prod = self.production(mv.name)
-        prod = prod if prod is not None and prod.id != mv.id else None
-        prod_metrics = self._metrics_on(prod, bench) if prod else None
-        checks = self.gate(mv, metrics, prod, prod_metrics)
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            reason = f"{mv.id} not promoted to {to}: failed " + "; ".join(
-                f"{c.name} ({_fmt(c.value)} vs {_fmt(c.threshold)}: {c.detail})" for c in failed)
-            self.record([self._event("promotion_refused", mv.id, why=reason, to=to, benchmark=bench,
-                                     checks=[c.to_dict() for c in checks])])
-            return Decision(False, checks, reason, mv.id, "promote", to, prod.id if prod else None)
-        with self._lock():
-            state = self._state()
-            current = state.production(mv.name)
-            if prod is not None and current != prod.id or prod is None and current not in (None, mv.id):
-                raise RegistryError(f"production of {mv.name} changed while the gate ran ({current}); try again")
-            events = []
-            if to == "production" and prod is not None:
-                events.append(self._event("retired", prod.id, "retired", why=f"superseded by {mv.id}",
-                                          superseded_by=mv.id))
-            reason = f"{mv.id} promoted to {to} on {bench}: all {len(checks)} checks passed" + (
-                f"; {prod.id} retired (kept as the rollback target)" if to == "production" and prod else "")
-            events.append(self._event("promoted", mv.id, to, why=reason, benchmark=bench,
-                                      previous=prod.id if prod else None, checks=[c.to_dict() for c in checks]))
-            self._append(events)
-            self._track_locked()
-        return Decision(True, checks, reason, mv.id, "promote", to, prod.id if prod else None)
-
-    def rollback(self, name: str, why: str = "") -> Decision:
-        """Put the previous production version (from the events log) back in production."""
-        check_model_name(name)
-        with self._lock():
-            state = self._state()
-            current = state.production(name)
-            stack = state.stack.get(name) or []
-            if current is None:
-                reason = f"{name} has no production version to roll back"
-                return Decision(False, [Check("production", False, None, None, reason)], reason, name, "rollback")
-            if len(stack) < 2:
-                reason = f"{current} is the first production version of {name}: nothing to roll back to"
-                return Decision(False, [Check("previous_production", False, None, None, reason)], reason,
-                                current, "rollback", previous=current)
-            target = stack[-2]
-            problems = self.verify(target)
-            checks = [Check("previous_production", True, target, None, f"production before {current}"),
-                      Check("integrity", not problems, len(problems), 0,
-                            "; ".join(problems) or "files match their registration sha256")]
-            if problems:
-                reason = f"cannot roll back {name} to {target}: " + "; ".join(problems)
-                return Decision(False, checks, reason, target, "rollback", previous=current)
-            reason = f"{name} rolled back: {current} -> {target}" + (f" ({why})" if why else "")
-            self._append([self._event("rolled_back", current, "retired", why=reason, to=target),
-                          self._event("rolled_back", target, "production", why=reason, **{"from": current})])
-            self._track_locked()
-        return Decision(True, checks, reason, target, "rollback", "production", current)
 
 
 def model_classes(card: ModelCard) -> list[str]:

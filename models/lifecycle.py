@@ -1,4 +1,10 @@
-"""From a training run to a registrable package: card, parity frames, the lab/field figures."""
+"""The life of a model version, written once: train → export → parity → register → evaluate.
+
+`build_version` is the one sequence every entry point calls (the `train` flow, the closed loop,
+the tests, the benchmarks); each of its steps is a plain function here, run through a
+`cityloop.core.steps.StepRunner` (directly, or as a Prefect task by the flow). The dvc.yaml
+stages call the same step functions through `cityloop stage …`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from cityloop.models.card import InputSpec, ModelCard, OutputSpec
-from cityloop.models.runtime import decode_image
 
+from cityloop.core.settings import load_params
+from cityloop.core.steps import StepRunner, run_direct
 from cityloop.governance.repository import DataRepository
 from cityloop.governance.schema import CLASSES
 from cityloop.governance.store import FrameStore
+from cityloop.models.card import InputSpec, ModelCard, OutputSpec
+from cityloop.models.gate import open_gate
+from cityloop.models.runtime import decode_image
+from cityloop.models.store import DEFAULT_PARITY_TOLERANCE, ModelStore
 
 MODEL_NAME = "cityloop-detector"
 
@@ -67,15 +77,6 @@ def evaluate_split(root: Path, model_path: Path, card: ModelCard, version: str, 
 # call them through `cityloop stage …`.
 
 
-def registry_for(root: Path, **overrides):
-    """The workspace's registry with the `registry:` params (`overrides` replace some, e.g. target)."""
-    from cityloop.models.registry import Registry, RegistryParams
-
-    from cityloop.core.settings import load_params
-
-    return Registry(Path(root), RegistryParams.from_dict({**load_params(Path(root)).get("registry", {}), **overrides}))
-
-
 def train_step(root: Path, data: str, params: dict, parent: str | None = None, runs_dir: Path | None = None,
                replay: tuple[str, ...] | None = None) -> dict:
     """Train (resuming an interrupted run of the same inputs); warm start + replay from a parent.
@@ -83,15 +84,13 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
     replay: dataset versions mixed in (default: the parent's training data, when it differs);
     "name@latest" resolves to a version id, so the run stays reproducible.
     """
-    from cityloop.models.train import TrainParams, train
-
-    from cityloop.core.settings import load_params
     from cityloop.governance import versioning
+    from cityloop.models.train import TrainParams, train
 
     data = versioning.resolve(Path(root), data).id  # "lab@latest" -> "lab@v3": the card names a real version
     weights, default_replay = None, ()
     if parent:
-        pv = registry_for(root).get(parent)
+        pv = ModelStore(Path(root), track=False).get(parent)
         weights = pv.path / "weights.pt"
         default_replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
     replay = default_replay if replay is None else tuple(versioning.resolve(Path(root), v).id for v in replay)
@@ -104,11 +103,15 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
             "data": data, "parent": parent, "params": params}
 
 
-def export_step(root: Path, run: dict, out_dir: Path) -> tuple[Path, ModelCard]:
-    """Export a run's plain module to one self-contained ONNX file, with its card beside it."""
+def export_step(root: Path, run: dict, out_dir: Path, name: str | None = None) -> tuple[Path, ModelCard]:
+    """Export a run's plain module to one self-contained ONNX file, with its card beside it
+    (`name`: the model it is a version of, default cityloop-detector)."""
+    from dataclasses import replace
+
     from cityloop.models.export import export_onnx
 
     card = build_card(Path(root), run["data"], run["parent"], run["params"])
+    card = replace(card, name=name) if name else card
     model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
     path = export_onnx(model, card, Path(out_dir) / "model.onnx")
     card.save(Path(out_dir) / "card.json")
@@ -123,6 +126,44 @@ def parity_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, n: int 
     model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
     frames = sample_frames(Path(root), run["data"], n, split="val")
     return check_parity(model, Path(onnx_path), card, frames, tolerance).to_dict()
+
+
+def register_step(root: Path, onnx_path: Path, card: ModelCard, run: dict, parity: dict,
+                  parity_tolerance: float = DEFAULT_PARITY_TOLERANCE) -> str:
+    """Store the version with its training weights (refused when parity failed); its id."""
+    store = ModelStore(Path(root), parity_tolerance=parity_tolerance)
+    return store.register(Path(onnx_path), card, {"weights.pt": Path(run["weights"])}, parity).id
+
+
+def build_version(root: Path, data: str, train_params: dict, *, parent: str | None = None,
+                  replay: tuple[str, ...] | None = None, name: str | None = None, runs_dir: Path | None = None,
+                  parity_frames: int | None = None, parity_tolerance: float | None = None,
+                  step: StepRunner = run_direct) -> dict:
+    """Train on `data` (warm start + replay from `parent`), export ONNX, check parity, register.
+
+    Idempotent: a finished run resumes and the stored artifact is found again. Parity frames and
+    tolerance default to params.yaml `export.parity_frames` and `registry.parity_tolerance`.
+    Returns {"model": id, "run", "parity", "onnx", "card"}.
+    """
+    params = load_params(Path(root))
+    frames = parity_frames or (params.get("export") or {}).get("parity_frames", 16)
+    tol = parity_tolerance or (params.get("registry") or {}).get("parity_tolerance", DEFAULT_PARITY_TOLERANCE)
+    run = step("train", train_step, root, data, train_params, parent, runs_dir, replay)
+    onnx_path, card = step("export", export_step, root, run, Path(run["run_dir"]), name)
+    parity = step("parity", parity_step, root, run, onnx_path, card, frames, tol)
+    model_id = step("register", register_step, root, onnx_path, card, run, parity, tol)
+    return {"model": model_id, "run": run, "parity": parity, "onnx": str(onnx_path), "card": card.to_dict()}
+
+
+def evaluate_version(root: Path, model_id: str, data: str | None = None) -> dict:
+    """The benchmark set through the gate (recorded in the events log) and the training data's
+    test split (lab): {"benchmark": metrics, "test": metrics or None}."""
+    gate = open_gate(Path(root))
+    bench = gate.evaluate(model_id)
+    mv = gate.store.get(model_id)
+    data = data or mv.card.dataset
+    test = evaluate_split(Path(root), mv.model_path, mv.card, data, "test") if data else None
+    return {"benchmark": bench, "test": test}
 
 
 def evaluate_step(root: Path, model_path: Path, card: ModelCard, benchmark: str) -> dict:
