@@ -31,7 +31,8 @@ OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Serving tunables (env var in brackets); params.yaml `serve:` holds the measured defaults."""
+    """Serving tunables (env var in brackets); params.yaml `serve:` holds the measured defaults
+    (read by cityloop.bento.serving.ServeParams: same names and defaults, tests/test_params.py)."""
 
     model_dir: Path  # [CITYLOOP_MODEL_DIR] model.onnx + card.json; default: ./model beside this file
     max_batch_size: int = 32  # [CITYLOOP_MAX_BATCH_SIZE] images per adaptive batch

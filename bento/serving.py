@@ -9,13 +9,14 @@ import base64
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
 from cityloop.bento.build import bento_env, bentoml_bin
 from cityloop.core.procs import alive, cmdline, stop_group, tail
+from cityloop.core.settings import from_section
 
 SERVICE = "cityloop.bento.service:Detector"
 
@@ -49,9 +50,28 @@ class Server:
         return self.proc.poll() is None if self.proc is not None else alive(self.pid)
 
 
-def serve_env(section: dict | None) -> dict[str, str]:
-    """params.yaml `serve:` -> the service's CITYLOOP_* environment variables."""
-    return {f"CITYLOOP_{k.upper()}": str(v) for k, v in (section or {}).items()}
+@dataclass
+class ServeParams:
+    """The `serve:` section of params.yaml: the tunables of cityloop.bento.service.ServeSettings (same
+    names and defaults), which the service reads from CITYLOOP_* variables (`serve_env` writes them)."""
+
+    max_batch_size: int = 32  # images per adaptive batch
+    max_latency_ms: int = 1000  # queueing + inference budget before the dispatcher answers 503
+    ort_threads: int = 1  # onnxruntime intra-op threads: one core per edge node
+    max_images: int = 64  # images per request
+    max_bytes: int = 8 << 20  # request body limit (413 beyond)
+    min_side: int = 16  # smallest accepted width/height in px
+    max_side: int = 4096  # largest accepted width/height in px
+    max_inflight: int = 64  # concurrent requests before 503 + Retry-After
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ServeParams:
+        return from_section(cls, d, "serve")
+
+
+def serve_env(params: ServeParams) -> dict[str, str]:
+    """params.yaml `serve:` -> the service's CITYLOOP_* environment variables (every tunable)."""
+    return {f"CITYLOOP_{k.upper()}": str(v) for k, v in asdict(params).items()}
 
 
 def free_port() -> int:

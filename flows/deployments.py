@@ -28,7 +28,7 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 from cityloop.flows.governance import DATASET_EVENT, ingest
 from cityloop.flows.hard_examples import HARD_READY_EVENT, hard_examples_flow
 from cityloop.flows.labeling import label_flow
@@ -38,6 +38,7 @@ from cityloop.flows.patrol import patrol_flow
 from cityloop.flows.release import release
 from cityloop.flows.reports import weekly_deployment
 from cityloop.flows.training import train_flow
+from cityloop.labeling.params import LabelingParams
 
 TAGS = ["cityloop"]
 
@@ -73,8 +74,7 @@ def build_deployments(root: str | Path | None = None) -> list[RunnerDeployment]:
     """Every cityloop deployment, root defaulting to the workspace; nothing is sent to a server."""
     root = Path(root or find_root()).resolve()
     sp = stack_params(root)
-    params = load_params(root)
-    labeled = (params.get("labeling") or {}).get("dataset", "field-labeled")
+    labeled = load_section(root, "labeling", LabelingParams).dataset
     r = str(root)
     tags = TAGS
 

@@ -11,10 +11,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from cityloop.core.settings import find_root, load_params
-from cityloop.governance.gate import GateParams, GateResult
-from cityloop.governance.repository import Candidate, DataRepository, GateFailed
+from cityloop.core.settings import find_root, load_section
+from cityloop.governance.gate import GateResult
+from cityloop.governance.repository import Candidate, DataRepository, GateFailed, IngestParams, open_repository
 from cityloop.scenes.frames import generate_frames
+from cityloop.scenes.params import GenerateParams
 
 DATASET_EVENT = "cityloop.dataset.versioned"  # resource cityloop.dataset.<name>, payload version (train trigger)
 
@@ -30,9 +31,7 @@ def emit_dataset_versioned(summary: dict) -> None:
 
 
 def _repository(root: str) -> DataRepository:
-    params = load_params(Path(root))
-    return DataRepository(Path(root), GateParams.from_dict(params.get("gate", {})),
-                          tuple(params.get("ingest", {}).get("holdout", ())))
+    return open_repository(Path(root))
 
 
 @task(name="generate")
@@ -100,13 +99,12 @@ def ingest(src: str, dataset: str, source: str = "sim", split: str = "auto", spl
 def governance_demo(root: str | None = None, frames: int | None = None) -> list[dict]:
     """Generate the demo datasets of params.yaml and ingest each through the gate."""
     root = root or str(find_root())
-    params = load_params(Path(root))
-    gen = params.get("generate", {})
-    split_by = params.get("ingest", {}).get("split_by", "frame")
+    gen = load_section(Path(root), "generate", GenerateParams)
+    split_by = load_section(Path(root), "ingest", IngestParams).split_by
     out = []
-    for name, spec in gen.get("sets", {}).items():
+    for name, spec in gen.sets.items():
         raw = str(Path(root) / "data" / "raw" / name)
-        generate_task(spec["domain"], frames or spec["frames"], spec.get("seed", gen.get("seed", 0)), raw,
-                      gen.get("size", 192), gen.get("format", "jpg"))
-        out.append(ingest(raw, name, "sim", spec.get("split", "auto"), split_by, root=root))
+        generate_task(spec.domain, frames or spec.frames, gen.seed if spec.seed is None else spec.seed, raw,
+                      gen.size, gen.format)
+        out.append(ingest(raw, name, "sim", spec.split, split_by, root=root))
     return out

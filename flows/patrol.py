@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, task
@@ -16,7 +17,7 @@ from prefect_dask import DaskTaskRunner
 from cityloop.analysis.params import analysis_params, store_url
 from cityloop.analysis.patrol import patrol_one, score_run
 from cityloop.analysis.zones import read_cameras
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root
 
 
 @task(name="patrol-camera", retries=1)
@@ -49,10 +50,11 @@ def task_runner(address: str | None = None, workers: int = 2) -> DaskTaskRunner:
 def patrol_flow(streams: str, model: str = "truth", root: str | None = None, db: str | None = None) -> dict:
     """Every camera of a stream folder as its own task; returns per-camera results and the metrics."""
     root = root or str(find_root())
-    params = load_params(Path(root)).get("analysis") or {}
+    ap = analysis_params(Path(root))
+    params = asdict(ap)  # plain data for the Dask workers, which build their AnalysisParams from it
     db_url, run_id = store_url(Path(root), db), uuid.uuid4().hex[:12]
     cams = [c["camera_id"] for c in read_cameras(Path(streams))]
     futures = [patrol_camera_task.submit(root, streams, c, model, params, db_url, run_id) for c in cams]
     results = [f.result() for f in futures]
-    metrics = score_task(streams, db_url, run_id, analysis_params(Path(root)).match_tolerance_s)
+    metrics = score_task(streams, db_url, run_id, ap.match_tolerance_s)
     return {"run_id": run_id, "cameras": results, "metrics": metrics}

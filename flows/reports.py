@@ -12,19 +12,18 @@ from prefect import flow, serve, task
 from prefect.artifacts import create_link_artifact
 
 from cityloop.analysis.params import store_url
-from cityloop.analysis.report import weekly_report
+from cityloop.analysis.report import ReportParams, weekly_report
 from cityloop.analysis.store import EventStore
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 
 
 @task(name="weekly-report", retries=1, retry_delay_seconds=30)
 def weekly_report_task(root: str, week: str | None, db: str | None, out: str | None) -> dict:
     """Write the HTML report of one ISO week (default: the latest event's)."""
-    cfg = load_params(Path(root)).get("report") or {}
+    cfg = load_section(Path(root), "report", ReportParams)
     store = EventStore(store_url(Path(root), db))
     try:
-        return weekly_report(store, Path(out or Path(root) / cfg.get("out", "reports/weekly")), week, Path(root),
-                             int(cfg.get("top_hotspots", 5)))
+        return weekly_report(store, Path(out or Path(root) / cfg.out), week, Path(root), int(cfg.top_hotspots))
     finally:
         store.dispose()
 
@@ -43,7 +42,7 @@ def weekly_report_flow(week: str | None = None, root: str | None = None, db: str
 def weekly_deployment(root: str | None = None):
     """The deployment on params.yaml `report.cron` (Mondays 07:00 by default)."""
     root = root or str(find_root())
-    cron = (load_params(Path(root)).get("report") or {}).get("cron", "0 7 * * 1")
+    cron = load_section(Path(root), "report", ReportParams).cron
     return weekly_report_flow.to_deployment(name="weekly", cron=cron, parameters={"root": root})
 
 

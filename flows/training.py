@@ -7,16 +7,18 @@ a task run here, through `as_task`); evaluation, INT8 and promotion are plain fu
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 from cityloop.flows.steps import as_task
 from cityloop.models.card import ModelCard
 from cityloop.models.gate import open_gate
-from cityloop.models.lifecycle import build_version, evaluate_version, int8_step
+from cityloop.models.lifecycle import ExportParams, build_version, evaluate_version, int8_step
+from cityloop.models.params import TrainSection
 
 
 @task(name="int8")
@@ -71,15 +73,12 @@ def train_flow(data: str = "lab@latest", parent: str | None = None, promote: boo
         root: workspace (default: the git top level of the working directory).
     """
     root = root or str(find_root())
-    params = load_params(Path(root))
-    tp = params.get("train", {})
-    tp = {k: v for k, v in tp.items() if k != "data"}
-    ex = params.get("export", {})
-    built = build_version(Path(root), data, tp, parent=parent, step=as_task)
+    tp = load_section(Path(root), "train", TrainSection).params
+    ex = load_section(Path(root), "export", ExportParams)
+    built = build_version(Path(root), data, asdict(tp), parent=parent, step=as_task)
     model_id, run, parity, onnx_path, card = (built[k] for k in ("model", "run", "parity", "onnx", "card"))
     metrics = as_task("evaluate", evaluate_version, Path(root), model_id, run["data"])
-    int8 = (int8_task(root, run, onnx_path, card, metrics["benchmark"], ex.get("int8_max_delta", 0.02))
-            if ex.get("int8") else None)
+    int8 = int8_task(root, run, onnx_path, card, metrics["benchmark"], ex.int8_max_delta) if ex.int8 else None
     decision = promote_task(root, model_id) if promote else None
     create_markdown_artifact(key="train-report", markdown=report(model_id, run, parity, metrics, decision),
                              description=f"{model_id} trained on {data}")

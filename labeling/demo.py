@@ -9,9 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cityloop.core.settings import load_params
-from cityloop.governance.gate import GateParams
-from cityloop.governance.repository import DataRepository
+from cityloop.governance.repository import open_repository
 from cityloop.scenes.frames import generate_frames
 
 POOL = "field-pool"
@@ -24,7 +22,5 @@ def make_pool(root: Path, frames: int, seed: int, workers: int = 2) -> str:
         shutil.rmtree(raw)
     generate_frames("field", frames, seed, raw, workers=workers)
     (raw / "annotations.coco.json").replace(raw.with_name(f"{POOL}.truth.json"))
-    params = load_params(Path(root))
-    gate = GateParams.from_dict({**params.get("gate", {}), "require_labels": False})
-    repo = DataRepository(Path(root), gate, tuple(params.get("ingest", {}).get("holdout", ())))
+    repo = open_repository(Path(root), require_labels=False)
     return repo.ingest(raw, POOL, source="field", split="pool").version.id

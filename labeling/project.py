@@ -222,13 +222,10 @@ def open_project(root: Path, params: LabelingParams, url: str | None = None,
 def open_workspace(root: Path, params: LabelingParams | None = None, url: str | None = None,
                    token: str | None = None):
     """(params, project, data repository, gate params) of a workspace: what push and pull need."""
-    from cityloop.core.settings import load_params
-    from cityloop.governance.gate import GateParams
-    from cityloop.governance.repository import DataRepository
+    from cityloop.core.settings import load_section
+    from cityloop.governance.repository import open_repository
     from cityloop.labeling.params import LabelingParams
 
-    all_params = load_params(Path(root))
-    params = params or LabelingParams.from_dict(all_params.get("labeling", {}))
-    gate = GateParams.from_dict({**all_params.get("gate", {}), **params.gate})
-    repo = DataRepository(Path(root), gate, tuple(all_params.get("ingest", {}).get("holdout", ())))
-    return params, open_project(Path(root), params, url, token), repo, gate
+    params = params or load_section(Path(root), "labeling", LabelingParams)
+    repo = open_repository(Path(root), **params.gate)
+    return params, open_project(Path(root), params, url, token), repo, repo.gate_params

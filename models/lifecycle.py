@@ -9,13 +9,14 @@ stages call the same step functions through `cityloop stage …`.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cityloop.core.settings import load_params
+from cityloop.core.settings import from_section, load_params, load_section
 from cityloop.core.steps import StepRunner, run_direct
-from cityloop.governance.repository import DataRepository
+from cityloop.governance.repository import DataRepository, IngestParams
 from cityloop.governance.schema import CLASSES
 from cityloop.governance.store import FrameStore
 from cityloop.models.card import InputSpec, ModelCard, OutputSpec
@@ -24,6 +25,19 @@ from cityloop.models.runtime import decode_image
 from cityloop.models.store import DEFAULT_PARITY_TOLERANCE, ModelStore
 
 MODEL_NAME = "cityloop-detector"
+
+
+@dataclass
+class ExportParams:
+    """The `export:` section of params.yaml: the parity check and the optional INT8 variant."""
+
+    parity_frames: int = 16  # validation frames run through torch and onnxruntime
+    int8: bool = False  # also register a static-INT8 variant when its mAP delta is within int8_max_delta
+    int8_max_delta: float = 0.02
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ExportParams:
+        return from_section(cls, d, "export")
 
 
 def git_commit(root: Path) -> str | None:
@@ -94,7 +108,7 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
         weights = pv.path / "weights.pt"
         default_replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
     replay = default_replay if replay is None else tuple(versioning.resolve(Path(root), v).id for v in replay)
-    holdout = tuple(load_params(Path(root)).get("ingest", {}).get("holdout", ()))
+    holdout = load_section(Path(root), "ingest", IngestParams).holdout
     res = train(Path(root), data, TrainParams.from_dict(params), parent=parent, parent_weights=weights,
                 replay=replay, holdout=holdout, runs_dir=runs_dir, progress=False)
     val = res.metrics["val/loss"].dropna() if "val/loss" in res.metrics else []
@@ -145,9 +159,10 @@ def build_version(root: Path, data: str, train_params: dict, *, parent: str | No
     tolerance default to params.yaml `export.parity_frames` and `registry.parity_tolerance`.
     Returns {"model": id, "run", "parity", "onnx", "card"}.
     """
-    params = load_params(Path(root))
-    frames = parity_frames or (params.get("export") or {}).get("parity_frames", 16)
-    tol = parity_tolerance or (params.get("registry") or {}).get("parity_tolerance", DEFAULT_PARITY_TOLERANCE)
+    frames = parity_frames or load_section(Path(root), "export", ExportParams).parity_frames
+    # raw: RegistryParams has required keys (benchmark, target, ...) a workspace that only trains may lack
+    tol = parity_tolerance or (load_params(Path(root)).get("registry") or {}).get("parity_tolerance",
+                                                                                   DEFAULT_PARITY_TOLERANCE)
     run = step("train", train_step, root, data, train_params, parent, runs_dir, replay)
     onnx_path, card = step("export", export_step, root, run, Path(run["run_dir"]), name)
     parity = step("parity", parity_step, root, run, onnx_path, card, frames, tol)

@@ -19,31 +19,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from cityloop.core.settings import from_section
 from cityloop.models.components.detector import Detector
 from cityloop.models.data import Augment, GovernedDataModule
 from cityloop.models.module import DetectorModule, load_weights
-
-
-@dataclass
-class TrainParams:
-    """The `train:` section of params.yaml."""
-
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    width: int = 16
-    num_workers: int = 0
-    replay_ratio: float = 0.4  # share of replayed earlier frames when fine-tuning
-    max_train: int | None = None  # cap on train frames (shrunk configs)
-    limit_train_batches: float = 1.0
-    seed: int = 0
-    threads: int = 2
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> TrainParams:
-        return from_section(cls, d, "train")
+from cityloop.models.params import TrainParams
 
 
 @dataclass

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cityloop.core.settings import load_params
+from cityloop.core.settings import load_section
 
 log = logging.getLogger("cityloop.analysis")
 
@@ -32,7 +32,9 @@ def accuracy_curve(root: Path) -> list[dict[str, Any]]:
 
 def labeling_rounds(root: Path) -> list[dict[str, Any]]:
     """Versions of the labeled dataset (params `labeling.dataset`): frames and labeled frames."""
-    dataset = (load_params(Path(root)).get("labeling") or {}).get("dataset", "field-labeled")
+    from cityloop.labeling.params import LabelingParams
+
+    dataset = load_section(Path(root), "labeling", LabelingParams).dataset
     try:
         from cityloop.governance.versioning import list_versions
 

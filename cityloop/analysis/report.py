@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cityloop.analysis.figures import accuracy_curve, labeling_rounds  # noqa: E402
 from cityloop.analysis.rules import SCENARIOS  # noqa: E402
 from cityloop.analysis.store import Event, EventStore  # noqa: E402
+from cityloop.core.settings import from_section  # noqa: E402
+
+
+@dataclass
+class ReportParams:
+    """The `report:` section of params.yaml: where `cityloop report weekly` writes, and when it runs."""
+
+    out: str = "reports/weekly"  # <out>/<week>/index.html + PNGs, relative to the workspace
+    top_hotspots: int = 5
+    cron: str = "0 7 * * 1"  # the Prefect deployment `weekly-report/weekly`: Mondays 07:00
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ReportParams:
+        return from_section(cls, d, "report")
 
 
 def week_start(week: str) -> datetime:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cityloop.cli.output import JsonOption, echo_json, print_table
-from cityloop.core.settings import find_root, load_params, quiet_env
+from cityloop.core.settings import find_root, load_params, load_section, quiet_env
 
 app = typer.Typer(help="cityloop: the closed loop of city video AI, from camera frames to edge alerts.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -119,6 +119,15 @@ def _mount_stack() -> None:
 
 
 _mount_stack()
+
+
+def _mount_params() -> None:
+    from cityloop.cli.params import app as params_app
+
+    app.add_typer(params_app, name="params", help="params.yaml: check every section, show one's effective values.")
+
+
+_mount_params()
 console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
 err = Console(stderr=True, soft_wrap=True)
 
@@ -182,12 +191,9 @@ def scenes_generate(
 
 
 def _repository(root: Path):
-    from cityloop.governance.gate import GateParams
-    from cityloop.governance.repository import DataRepository
+    from cityloop.governance.repository import open_repository
 
-    params = load_params(root)
-    return DataRepository(root, GateParams.from_dict(params.get("gate", {})),
-                          tuple(params.get("ingest", {}).get("holdout", ())))
+    return open_repository(root)
 
 
 @data_app.command("ingest")
@@ -205,20 +211,19 @@ def data_ingest(
 ) -> None:
     """Ingest frames through the Great Expectations gate and publish a DVC-versioned dataset."""
     from cityloop.governance.ingest import list_frames
-    from cityloop.governance.repository import GateFailed
+    from cityloop.governance.repository import GateFailed, IngestParams
 
     root = find_root()
     if source not in SOURCES:
         raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}", param_hint="--source")
-    cfg = load_params(root).get("ingest", {})
+    cfg = load_section(root, "ingest", IngestParams)
     repo = _repository(root)
     name = dataset or _slug(src.resolve().name)
     total = len(list_frames(src))
     with bar(f"ingest {name}", total) as advance:
         try:
-            res = repo.ingest(src, name, SOURCES[source], split or cfg.get("split", "auto"),
-                              split_by or cfg.get("split_by", "frame"), annotations,
-                              workers or cfg.get("workers", 1), push=push, progress=advance)
+            res = repo.ingest(src, name, SOURCES[source], split or cfg.split, split_by or cfg.split_by,
+                              annotations, workers or cfg.workers, push=push, progress=advance)
         except GateFailed as exc:
             err.print(f"[red bold]Gate failed: version not published.[/] Staged input kept in {exc.staging}")
             typer.echo(exc.result.report(), err=True)
@@ -321,9 +326,10 @@ def train_cmd(
     Re-running the same command after a kill resumes from the run's last checkpoint.
     """
     from cityloop.flows.training import train_flow
+    from cityloop.models.params import TrainSection
 
     root = find_root()
-    data = data or load_params(root).get("train", {}).get("data", "lab@latest")
+    data = data or load_section(root, "train", TrainSection).data
     summary = train_flow(data=data, parent=parent, promote=promote, root=str(root))
     console.print_json(json.dumps({k: v for k, v in summary.items() if k != "run"}, default=str))
     decision = summary.get("promotion")
@@ -348,7 +354,7 @@ def label_run(
     from cityloop.labeling.params import LabelingParams
 
     root = find_root()
-    params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
+    params = load_section(root, "labeling", LabelingParams)
     out = label_flow(data=data or params.pool, model=model, budget=budget, strategy=strategy, annotators=annotators,
                      truth=[str(t) for t in truth or []], root=str(root))
     pulled = out["pull"]
@@ -367,7 +373,7 @@ def label_webhook(
     from cityloop.labeling.webhooks import LabelCounter, WebhookReceiver, register, webhook_secret
 
     root = find_root()
-    params = LabelingParams.from_dict(load_params(root).get("labeling", {}))
+    params = load_section(root, "labeling", LabelingParams)
     secret = webhook_secret()
     counter = LabelCounter(root / ".cityloop" / "labeling" / "webhook.sqlite", every or params.retrain_after)
     rx = WebhookReceiver(counter, secret, port=port or params.webhook_port, on_label=emit_label,
@@ -394,13 +400,15 @@ app.add_typer(stage_app, name="stage")
 def stage_train(out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/train")) -> None:
     """Train on params train.data; writes weights.pt, run.json, train.json (metrics), loss.csv (plots)."""
     import shutil
+    from dataclasses import asdict
 
     from cityloop.models.lifecycle import train_step
+    from cityloop.models.params import TrainSection
     from cityloop.models.train import read_metrics
 
     root = find_root()
-    tp = dict(load_params(root).get("train", {}))
-    run = train_step(root, tp.pop("data", "lab@latest"), tp)
+    ts = load_section(root, "train", TrainSection)
+    run = train_step(root, ts.data, asdict(ts.params))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(run["weights"], out / "weights.pt")
     (out / "run.json").write_text(json.dumps({**run, "weights": str((out / "weights.pt").resolve())}, indent=1))
@@ -418,14 +426,14 @@ def stage_export(
     out: Annotated[Path, typer.Option(help="Stage output folder.")] = Path("artifacts/model"),
 ) -> None:
     """Export ONNX + card and check parity; writes model.onnx, card.json, parity.json. Exit 1 on a parity failure."""
-    from cityloop.models.lifecycle import export_step, parity_step
+    from cityloop.models.lifecycle import ExportParams, export_step, parity_step
 
     root = find_root()
-    params = load_params(root)
     info = json.loads(run.read_text())
     path, card = export_step(root, info, out)
-    parity = parity_step(root, info, path, card, params.get("export", {}).get("parity_frames", 16),
-                         params.get("registry", {}).get("parity_tolerance", 1e-4))
+    # registry raw: RegistryParams requires benchmark/target/latency_budget_ms, which this stage does not need
+    parity = parity_step(root, info, path, card, load_section(root, "export", ExportParams).parity_frames,
+                         (load_params(root).get("registry") or {}).get("parity_tolerance", 1e-4))
     (out / "parity.json").write_text(json.dumps(parity, indent=1))
     console.print(f"{path}: parity {'passed' if parity['passed'] else 'FAILED'} {parity['max_abs_diff']}")
     if not parity["passed"]:
@@ -519,6 +527,7 @@ def _demo_stack(root: Path) -> None:
 def _demo_loop(root: Path) -> None:
     """The closed loop as the Prefect flow closed-loop, then where to look."""
     from cityloop.flows.loop import closed_loop
+    from cityloop.labeling.params import LabelingParams
     from cityloop.labeling.server import LabelStudioServer
 
     out = closed_loop(root=str(root))
@@ -530,7 +539,7 @@ def _demo_loop(root: Path) -> None:
     for arm, a in s["arms"].items():
         console.print(f"  {arm}: final field mAP@0.5 {a['final_mAP50']}, labels {a['labels']}, "
                       f"labels to target {a['labels_to_target']}")
-    ls = LabelStudioServer(root, port=(load_params(root).get("labeling") or {}).get("port", 8089))
+    ls = LabelStudioServer(root, port=load_section(root, "labeling", LabelingParams).port)
     api = os.environ.get("PREFECT_API_URL")
     prefect = (api.removesuffix("/api") + "/runs" if api else
                "a temporary server, gone with the demo (make demo runs against cityloop up's, which stays)")

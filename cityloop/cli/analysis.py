@@ -94,16 +94,15 @@ def report_weekly(
 ) -> None:
     """Counts, the change against the previous week, hotspots, model versions, the loop's figures: HTML + PNG."""
     from cityloop.analysis.params import store_url
-    from cityloop.analysis.report import weekly_report
+    from cityloop.analysis.report import ReportParams, weekly_report
     from cityloop.analysis.store import EventStore
-    from cityloop.core.settings import load_params
+    from cityloop.core.settings import load_section
 
     root = find_root()
-    cfg = load_params(root).get("report") or {}
+    cfg = load_section(root, "report", ReportParams)
     store = EventStore(store_url(root, db))
     try:
-        s = weekly_report(store, out or root / cfg.get("out", "reports/weekly"), week, root,
-                          int(cfg.get("top_hotspots", 5)))
+        s = weekly_report(store, out or root / cfg.out, week, root, int(cfg.top_hotspots))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--week") from exc
     finally:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cityloop.cli.output import JsonOption, echo_json, print_table
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 
 app = typer.Typer(help="Edge nodes: serve a bento, run streams, hard examples, canary rollout.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -56,24 +56,22 @@ def start(
     """Run an edge node in the foreground until SIGTERM/Ctrl+C (its server stops with it)."""
     import logging
 
-    from cityloop.bento.serving import serve_env
-    from cityloop.edge.node import EdgeNode, NodeConfig, assign, node_dir, read_json
-    from cityloop.edge.selection import SelectParams
+    from cityloop.bento.serving import ServeParams, serve_env
+    from cityloop.edge.node import EdgeNode, EdgeParams, NodeConfig, assign, node_dir, read_json
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much on a node
     root = find_root()
-    params = load_params(root)
-    ep = dict(params.get("edge", {}))
+    ep = load_section(root, "edge", EdgeParams)
+    serve = load_section(root, "serve", ServeParams)
     if read_json(node_dir(root, name) / "assignment.json") is None or model:
         assign(root, name, model or _default_version(root))
-    select = SelectParams.from_dict(ep.pop("select", None))
     if budget_per_hour is not None:
-        select.budget_per_hour = budget_per_hour
+        ep.select.budget_per_hour = budget_per_hour
     cfg = NodeConfig(root=root, name=name, port=port, streams=list(stream or []), center=center, loop=loop,
-                     max_fps=max_fps, select=select, sink=sink, shadow=shadow,
-                     serve_env=serve_env(params.get("serve")),
-                     **{k: ep[k] for k in ("upload_batch", "upload_interval_s", "heartbeat_s", "stale_s") if k in ep})
+                     max_fps=max_fps, select=ep.select, sink=sink, shadow=shadow, serve_env=serve_env(serve),
+                     upload_batch=ep.upload_batch, upload_interval_s=ep.upload_interval_s,
+                     heartbeat_s=ep.heartbeat_s, stale_s=ep.stale_s)
     EdgeNode(cfg).run()
 
 

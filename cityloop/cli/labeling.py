@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cityloop.cli.output import JsonOption, echo_json, print_table
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 
 server_app = typer.Typer(help="The project's Label Studio server (own venv, 127.0.0.1).", no_args_is_help=True)
 label_app = typer.Typer(help="Labeling in Label Studio: push batches, scripted annotators, pull versions.",
@@ -24,10 +24,7 @@ MODEL = "cityloop-detector:latest"
 def _params(port: int | None = None):
     from cityloop.labeling.params import LabelingParams
 
-    p = LabelingParams.from_dict(load_params(find_root()).get("labeling", {}))
-    if port:
-        p.port = port
-    return p
+    return load_section(find_root(), "labeling", LabelingParams, port=port or None)
 
 
 def _server(port: int | None = None):

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cityloop.cli.output import JsonOption, echo_json, print_table
-from cityloop.core.settings import find_root, load_params
+from cityloop.core.settings import find_root, load_section
 
 app = typer.Typer(help="The closed loop: run, report, status.", no_args_is_help=True)
 console = Console(soft_wrap=True)  # messages: one line each in a pipe or a log; tables: print_table
@@ -63,6 +63,6 @@ def report(run: Annotated[str | None, typer.Option(help="Loop run id (default: t
 
     root = find_root()
     _, recs = _records(root, run)
-    p = LoopParams.from_dict(load_params(root).get("loop"))
+    p = load_section(root, "loop", LoopParams)
     s = write_report(root, p, recs, root / p.out)
     console.print(f"{s.get('ratio_text', 'no active/random ratio yet')}\nreport: {s['markdown']}  curve: {s['png']}")

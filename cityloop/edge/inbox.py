@@ -147,16 +147,13 @@ def inbox_ingest(root: Path, dataset: str = "edge-hard", push: bool = False):
     """
     import pandas as pd
 
-    from cityloop.core.settings import load_params
-    from cityloop.governance.gate import GateParams
-    from cityloop.governance.repository import DataRepository
+    from cityloop.governance.repository import open_repository
 
     store = InboxStore(root)
     rows = store.examples()
     if not rows:
         raise ValueError(f"the inbox {store.dir} holds no examples")
-    params = load_params(Path(root))
-    gate = GateParams.from_dict({**params.get("gate", {}), "require_labels": False, "min_frames_per_class": 0})
+    repo = open_repository(Path(root), require_labels=False, min_frames_per_class=0)
     with tempfile.TemporaryDirectory(dir=Path(root) / ".cityloop") as tmp:
         src = Path(tmp) / "edge-hard"
         (src / "images").mkdir(parents=True)
@@ -168,7 +165,6 @@ def inbox_ingest(root: Path, dataset: str = "edge-hard", push: bool = False):
                               "timestamp": pd.Timestamp(r["ts"], unit="s", tz="UTC"), "reason": r["reason"],
                               "score": r["score"], "model_version": r["model_version"]} for r in rows])
         meta.to_parquet(src / "metadata.parquet")
-        repo = DataRepository(Path(root), gate, tuple(params.get("ingest", {}).get("holdout", ())))
         return repo.ingest(src, dataset, source="edge-hard", split="pool", docs=False, push=push)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from cityloop.bento.build import build_bento
 from cityloop.bento.serving import DetectorClient, Server, ServingError, adopt_server, start_server, stop_server
+from cityloop.core.settings import from_section
 from cityloop.edge.outbox import HardExample, Outbox
 from cityloop.edge.selection import Selector, SelectParams
 from cityloop.edge.streams import Frame, round_robin
@@ -68,6 +69,25 @@ def load_sink(spec: str | None, node_dir: Path) -> DetectionSink:
     mod, _, attr = spec.partition(":")
     obj = getattr(importlib.import_module(mod), attr or "sink")
     return obj(node_dir) if callable(obj) and not hasattr(obj, "on_detections") else obj
+
+
+@dataclass
+class EdgeParams:
+    """The `edge:` section of params.yaml: what every node of the fleet shares (`cityloop edge start`)."""
+
+    heartbeat_s: float = 1.0
+    stale_s: float = 10.0  # a status older than this shows as down
+    upload_batch: int = 8  # hard examples per upload to the center inbox
+    upload_interval_s: float = 0.5
+    select: SelectParams = field(default_factory=SelectParams)  # `edge.select`: which frames are hard examples
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> EdgeParams:
+        d = dict(d or {})
+        select = SelectParams.from_dict(d.pop("select", None))
+        top = from_section(cls, d, "edge")
+        top.select = select
+        return top
 
 
 @dataclass

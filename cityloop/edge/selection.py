@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from cityloop.core import geometry
+from cityloop.core.settings import from_section
 
 
 @dataclass
@@ -28,11 +29,7 @@ class SelectParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> SelectParams:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown edge.select params: {sorted(unknown)}")
-        return cls(**d)
+        return from_section(cls, d, "edge.select")
 
 
 def match_count(a: list[dict], b: list[dict], thr: float = 0.5) -> int:

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from cityloop.core.settings import from_section, load_section
 from cityloop.governance import versioning
 from cityloop.governance.gate import GateParams, GateResult, find_suites, run_gate
 from cityloop.governance.ingest import Scan, manifest_rows, scan
@@ -29,6 +31,22 @@ from cityloop.governance.schema import ANNOTATION_COLUMNS, CATEGORY_IDS, CLASSES
 from cityloop.governance.store import FrameStore, write_packs
 
 AUTO_SPLIT = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+@dataclass
+class IngestParams:
+    """The `ingest:` section of params.yaml: `cityloop data ingest`'s defaults and the holdout datasets."""
+
+    workers: int = 1  # decoding processes
+    split: str = "auto"  # auto = deterministic 80/10/10 by sha256; or train | val | test | pool | bench
+    split_by: str = "frame"  # frame | camera (video frames: keep one camera in one split)
+    holdout: tuple[str, ...] = ()  # datasets whose frames no other dataset may contain (benchmarks)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> IngestParams:
+        p = from_section(cls, d, "ingest")
+        p.holdout = tuple(p.holdout)
+        return p
 
 
 class GateFailed(RuntimeError):
@@ -248,6 +266,14 @@ class DataRepository:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def open_repository(root: Path, **gate_overrides: Any) -> DataRepository:
+    """The workspace's data repository on its params.yaml: the `gate:` section (`gate_overrides` on
+    top, e.g. require_labels=False for unlabeled pools) and `ingest.holdout`."""
+    root = Path(root)
+    return DataRepository(root, load_section(root, "gate", GateParams, **gate_overrides),
+                          load_section(root, "ingest", IngestParams).holdout)
 
 
 def _empty_manifest() -> pd.DataFrame:

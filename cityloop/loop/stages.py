@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cityloop.core.procs import ManagedProcess
-from cityloop.core.settings import load_params
+from cityloop.core.settings import load_section
 from cityloop.loop.params import Lineage, LoopParams
 
 log = logging.getLogger("cityloop.loop")
@@ -32,12 +32,9 @@ def _raw(root: Path) -> Path:
 
 
 def _repository(root: Path, **gate_over: Any):
-    from cityloop.governance.gate import GateParams
-    from cityloop.governance.repository import DataRepository
+    from cityloop.governance.repository import open_repository
 
-    params = load_params(Path(root))
-    gate = GateParams.from_dict({**params.get("gate", {}), **gate_over})
-    return DataRepository(Path(root), gate, tuple(params.get("ingest", {}).get("holdout", ())))
+    return open_repository(Path(root), **gate_over)
 
 
 # ------------------------------------------------------------------ what the cameras deliver
@@ -197,12 +194,10 @@ def stop_edge(root: Path, p: LoopParams) -> None:
 def labeling_params(root: Path, lin: Lineage, p: LoopParams, budget: int):
     from cityloop.labeling.params import LabelingParams
 
-    lp = dict(load_params(Path(root)).get("labeling", {}))
-    lp.update(project=lin.project, dataset=lin.dataset, strategy=lin.arm, budget=budget,
-              seed=lp.get("seed", 0) + lin.seed, pool=f"{p.pool}@latest")
-    if p.annotators:
-        lp["annotators"] = p.annotators
-    return LabelingParams.from_dict(lp)
+    lp = load_section(Path(root), "labeling", LabelingParams)
+    return dataclasses.replace(lp, project=lin.project, dataset=lin.dataset, strategy=lin.arm, budget=budget,
+                               seed=lp.seed + lin.seed, pool=f"{p.pool}@latest",
+                               annotators=p.annotators or lp.annotators)
 
 
 def truth_dirs(root: Path, rounds: int, p: LoopParams) -> list[str]:
@@ -259,10 +254,10 @@ def finetune(root: Path, lin: Lineage, data: str, parent: str, p: LoopParams) ->
     """Warm-start from `parent` on the lineage's labeled data (+ replay): a new version of the
     lineage's model (`build_version`: idempotent, a finished run resumes, a stored artifact is found)."""
     from cityloop.models.lifecycle import build_version
+    from cityloop.models.params import TrainSection
 
-    tp = {k: v for k, v in load_params(Path(root)).get("train", {}).items() if k != "data"}
-    tp.update(p.train)
-    tp["seed"] = int(tp.get("seed", 0)) + lin.seed
+    tp = {**dataclasses.asdict(load_section(Path(root), "train", TrainSection).params), **p.train}
+    tp["seed"] = int(tp["seed"]) + lin.seed
     t0 = time.perf_counter()
     built = build_version(Path(root), data, tp, parent=parent, replay=tuple(p.replay), name=lin.model)
     run = built["run"]
