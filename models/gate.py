@@ -150,13 +150,15 @@ class PromotionGate:
         mv = self.store.get(model_id)
         metrics = self.run_benchmark(mv, params.benchmark)
         self.store.record([self.store.event("evaluated", mv.id, why=f"benchmark {metrics['benchmark']}",
-                                 benchmark=metrics["benchmark"], metrics=metrics)])
+                                            benchmark=metrics["benchmark"], metrics=metrics)])
         return metrics
 
     def run_benchmark(self, mv: ModelVersion, benchmark: str) -> dict[str, Any]:
         from cityloop.models.evaluate import evaluate_onnx
 
-        return evaluate_onnx(mv.model_path, mv.card, self.store.root, benchmark, classes=model_classes(mv.card) or None)
+        """The version on a benchmark dataset version (onnxruntime), scored on the classes it maps to."""
+        return evaluate_onnx(mv.model_path, mv.card, self.store.root, benchmark,
+                             classes=model_classes(mv.card) or None)
 
     def metrics_on(self, mv: ModelVersion, benchmark: str) -> dict[str, Any]:
         """Stored metrics of mv on a resolved benchmark version, else evaluate now (and record)."""
@@ -164,13 +166,14 @@ class PromotionGate:
         if found is not None:
             return found
         metrics = self.run_benchmark(mv, benchmark)
-        self.store.record([self.store.event("evaluated", mv.id, why=f"benchmark {benchmark} (for the promotion gate)",
-                                 benchmark=metrics["benchmark"], metrics=metrics)])
+        why = f"benchmark {benchmark} (for the promotion gate)"
+        self.store.record([self.store.event("evaluated", mv.id, why=why, benchmark=metrics["benchmark"],
+                                            metrics=metrics)])
         return metrics
 
     # ------------------------------------------------------------------ promote / rollback
     def checks(self, mv: ModelVersion, metrics: dict[str, Any], prod: ModelVersion | None,
-             prod_metrics: dict[str, Any] | None) -> list[Check]:
+               prod_metrics: dict[str, Any] | None) -> list[Check]:
         """The promotion checks of `mv` against production (see promote)."""
         p = self.params
         metric = p.target_metric
@@ -238,7 +241,7 @@ class PromotionGate:
             reason = f"{mv.id} not promoted to {to}: failed " + "; ".join(
                 f"{c.name} ({_fmt(c.value)} vs {_fmt(c.threshold)}: {c.detail})" for c in failed)
             self.store.record([self.store.event("promotion_refused", mv.id, why=reason, to=to, benchmark=bench,
-                                     checks=[c.to_dict() for c in checks])])
+                                                checks=[c.to_dict() for c in checks])])
             return Decision(False, checks, reason, mv.id, "promote", to, prod.id if prod else None)
         with self.store.lock():
             state = self.store.state()
@@ -248,11 +251,11 @@ class PromotionGate:
             events = []
             if to == "production" and prod is not None:
                 events.append(self.store.event("retired", prod.id, "retired", why=f"superseded by {mv.id}",
-                                          superseded_by=mv.id))
+                                               superseded_by=mv.id))
             reason = f"{mv.id} promoted to {to} on {bench}: all {len(checks)} checks passed" + (
                 f"; {prod.id} retired (kept as the rollback target)" if to == "production" and prod else "")
             events.append(self.store.event("promoted", mv.id, to, why=reason, benchmark=bench,
-                                      previous=prod.id if prod else None, checks=[c.to_dict() for c in checks]))
+                                           previous=prod.id if prod else None, checks=[c.to_dict() for c in checks]))
             self.store.write(events)
         return Decision(True, checks, reason, mv.id, "promote", to, prod.id if prod else None)
 
@@ -286,4 +289,5 @@ class PromotionGate:
 
     def refuse(self, model_id: str, why: str, to: str = "production", **data: Any) -> None:
         """Record that a version was refused a stage by a check outside the promotion gate (a canary)."""
-        self.store.record([self.store.event("promotion_refused", self.store.get(model_id).id, why=why, to=to, **data)])
+        mid = self.store.get(model_id).id
+        self.store.record([self.store.event("promotion_refused", mid, why=why, to=to, **data)])

@@ -447,7 +447,7 @@ class ModelStore:
         ok, why, pinfo = parity_status(card, parity, self.parity_tolerance)
         if not ok:
             self.record([self.event("rejected", None, why=why, name=name, vendor=card.vendor,
-                                     source=source or str(model_path), action="register")])
+                                    source=source or str(model_path), action="register")])
             raise RegistryError(f"refused to register {name}: {why}")
         with self.lock():
             model_sha = _sha256(model_path)
@@ -478,19 +478,17 @@ class ModelStore:
                 raise
             _make_read_only(final)
             events = [self.event("registered", mid, "candidate", why=f"registered from {source or model_path}",
-                                  vendor=card.vendor, sha256=digests, parity=pinfo,
-                                  size_bytes=sum((final / r).stat().st_size for r in digests),
-                                  source=source or str(model_path))]
+                                 vendor=card.vendor, sha256=digests, parity=pinfo,
+                                 size_bytes=sum((final / r).stat().st_size for r in digests),
+                                 source=source or str(model_path))]
             if evaluation is not None:
                 events.append(self.event("evaluated", mid, why=f"benchmark {evaluation.get('benchmark')}",
-                                          benchmark=evaluation.get("benchmark"), metrics=evaluation))
+                                         benchmark=evaluation.get("benchmark"), metrics=evaluation))
             self._append(events)
             if attach:
                 attach(mid)
             self._track_locked()
         return self.get(mid)
-
-
 
 
 def model_classes(card: ModelCard) -> list[str]:
