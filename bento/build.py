@@ -24,7 +24,7 @@ import yaml
 from cityloop.models.store import ModelStore
 
 # The modules the bento carries, found in the installed package (editable or not), and where they go
-# in the build context: the same import paths as here (`cityloop.bento.service:Detector`).
+# in the build context: the same import paths as here (`cityloop.bento.service:DetectorService`).
 CODE = (("cityloop", "__init__.py"), ("cityloop.bento", "__init__.py"), ("cityloop.bento", "service.py"),
         ("cityloop.models", "__init__.py"), ("cityloop.models", "card.py"), ("cityloop.models", "runtime.py"))
 

@@ -184,7 +184,7 @@ async def _reply(send, status: int, error: str, headers: list[tuple[bytes, bytes
 
 @bentoml.service(name="cityloop_detector", workers=1, traffic={"timeout": 30},
                  endpoints={"livez": "/livez", "readyz": "/readyz"})
-class Detector:
+class DetectorService:
     """One model version in onnxruntime; adaptive batching over requests."""
 
     def __init__(self) -> None:
@@ -223,5 +223,5 @@ class Detector:
                 "max_bytes": SETTINGS.max_bytes, "token_required": bool(os.environ.get(SETTINGS.token_env))}
 
 
-Detector.add_asgi_middleware(Guard, token_env=SETTINGS.token_env, max_bytes=SETTINGS.max_bytes,
+DetectorService.add_asgi_middleware(Guard, token_env=SETTINGS.token_env, max_bytes=SETTINGS.max_bytes,
                              max_inflight=SETTINGS.max_inflight)

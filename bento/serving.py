@@ -18,7 +18,7 @@ from cityloop.bento.build import bento_env, bentoml_bin
 from cityloop.core.procs import alive, cmdline, stop_group, tail
 from cityloop.core.settings import from_section
 
-SERVICE = "cityloop.bento.service:Detector"
+SERVICE = "cityloop.bento.service:DetectorService"
 
 
 class ServingError(RuntimeError):

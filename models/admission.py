@@ -344,8 +344,8 @@ def _smoke(model_path: Path, card: ModelCard) -> Check:
     shapes = [tuple(int(s) for s in np.shape(o)) for o in outs]
     problems = []
     if card.output.format == "boxes":
-        (b, s, lab) = shapes
-        if not (len(b) == 3 and b[0] == 2 and b[2] == 4 and s == b[:2] and lab == b[:2]):
+        (b, s, labels) = shapes
+        if not (len(b) == 3 and b[0] == 2 and b[2] == 4 and s == b[:2] and labels == b[:2]):
             problems.append(f"boxes/scores/labels shapes {shapes}, expected (2,K,4), (2,K), (2,K)")
     else:
         h, w = card.input.height // card.output.stride, card.input.width // card.output.stride

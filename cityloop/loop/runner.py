@@ -144,12 +144,12 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
             for lin in live:
                 k = f"r{rnd}/{lin.key}"
                 budget = min(p.budget, p.total_labels - labels[lin.key])
-                lab = timed("label", f"{k}/label", stages.label_round, root, lin, rnd, current[lin.key], p, budget,
+                batch = timed("label", f"{k}/label", stages.label_round, root, lin, rnd, current[lin.key], p, budget,
                             annotators)
-                if not lab["version"]:
-                    say(f"round {rnd} {lin.key}: no labeled version (nothing accepted): {lab}")
+                if not batch["version"]:
+                    say(f"round {rnd} {lin.key}: no labeled version (nothing accepted): {batch}")
                     continue
-                ft = timed("train", f"{k}/train", stages.finetune, root, lin, lab["version"], current[lin.key], p)
+                ft = timed("train", f"{k}/train", stages.finetune, root, lin, batch["version"], current[lin.key], p)
                 ev = timed("evaluate", f"{k}/evaluate", stages.evaluate, root, ft["model"])
                 pt = timed("patrol", f"{k}/patrol", stages.patrol, root, streams, ft["model"])
                 if lin.main and edge_on:
@@ -159,15 +159,15 @@ def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "
                 else:
                     dec = timed("gate", f"{k}/gate", stages.gate, root, ft["model"], p)
                     released = False
-                labels[lin.key] += lab["tasks"]  # the annotation effort spent, accepted or not
+                labels[lin.key] += batch["tasks"]  # the annotation effort spent, accepted or not
                 current[lin.key], last[lin.key] = ft["model"], ev["mAP50"]
                 st.add_record(_record(lin, rnd, labels[lin.key], ev, pt, {
-                    "data": lab["version"], "released": released, "decision": dec.get("reason"),
-                    "accepted": lab["accepted"], "rejected": lab["rejected"], "agreement": lab["agreement"],
+                    "data": batch["version"], "released": released, "decision": dec.get("reason"),
+                    "accepted": batch["accepted"], "rejected": batch["rejected"], "agreement": batch["agreement"],
                     "train_s": ft["seconds"]["build"], "steps": ft["steps"],
                     "hard_examples": hard["hard_examples_new"] if lin.main and edge_on else None}))
-                say(f"round {rnd} {lin.key}: {lab['tasks']} frames labeled, {lab['accepted']} accepted → "
-                    f"{lab['version']} (total {labels[lin.key]}), "
+                say(f"round {rnd} {lin.key}: {batch['tasks']} frames labeled, {batch['accepted']} accepted → "
+                    f"{batch['version']} (total {labels[lin.key]}), "
                     f"{ft['model']} field mAP@0.5 {ev['mAP50']:.3f}, events P/R {_f(pt.get('event_precision'))}/"
                     f"{_f(pt.get('event_recall'))}" + (f", {dec['action']}" if lin.main and edge_on else ""))
             if edge_on:
