@@ -304,9 +304,12 @@ class ModelStore:
                 "data": data}
 
     def _append(self, events: list[dict[str, Any]]) -> None:
-        """Append events (caller holds the lock); one write, flushed to disk."""
+        """Append events (caller holds the lock); one write, flushed to disk. A line torn by a crash
+        (no newline at the end of the file) is closed first, so it never swallows these events."""
         self.dir.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(e, default=str, separators=(",", ":")) + "\n" for e in events)
+        if _ends_torn(self.events_path):
+            text = "\n" + text
         with open(self.events_path, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -489,6 +492,19 @@ class ModelStore:
                 attach(mid)
             self._track_locked()
         return self.get(mid)
+
+
+def _ends_torn(path: Path) -> bool:
+    """True when the file exists, is not empty and does not end with a newline."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def model_classes(card: ModelCard) -> list[str]:

@@ -279,6 +279,17 @@ def test_register_refuses_models_without_passing_parity(ws: Path, tmp_path: Path
     assert reg.store.register(other, card("nopar", gates={"parity": export_style})).id == "nopar:v2"
 
 
+def test_a_line_torn_by_a_crash_never_hides_the_next_event(ws: Path, tmp_path: Path):
+    store = gate_of(ws, params()).store
+    a = store.register(own_model(tmp_path, "torn"), card("torn"), parity=PASSED)
+    with open(store.events_path, "a", encoding="utf-8") as fh:  # a crash in the middle of an append
+        fh.write('{"ts":"2026-12-03T00:00:00Z","event":"promo')
+    b = store.register(own_model(tmp_path, "torn"), card("torn"), parity=PASSED)  # fsynced after the tear
+    events = store.events()  # the torn line is skipped with a warning; nothing after it is lost
+    assert [e["id"] for e in events if e["event"] == "registered"] == [a.id, b.id]
+    assert store.get("torn:latest").id == b.id and store.get(b.id).stage == "candidate"
+
+
 def test_versions_are_immutable_and_tracked_by_dvc(ws: Path, tmp_path: Path):
     reg = gate_of(ws, params(), track=True)  # track=True: dvc add data/models (+ push: the ingest configured a remote)
     weights = tmp_path / "weights.pt"
