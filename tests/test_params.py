@@ -66,6 +66,27 @@ def test_a_typo_key_fails_naming_section_and_key(workspace: Path, section: str, 
     assert res.exit_code == 1 and named[0] in res.output, res.output
 
 
+@pytest.mark.parametrize("section, value, named", [
+    ("train", {"epochs": "x"}, ("train.epochs", "expected int", "'x'")),
+    ("gate", {"require_labels": "yes"}, ("gate.require_labels", "expected bool")),
+    ("ingest", {"holdout": "field-bench"}, ("ingest.holdout", "str")),
+    ("release", {"max_frames": 4.5}, ("release.max_frames", "expected int", "float")),
+])
+def test_a_value_of_the_wrong_type_fails_naming_section_and_key(workspace: Path, section: str, value: dict,
+                                                                named: tuple):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    edit_params(workspace, **{section: {**params[section], **value}})
+    bad = [r for r in check_sections(workspace) if not r["ok"]]
+    assert [r["section"] for r in bad] == [section] and all(n in bad[0]["error"] for n in named), bad
+
+
+def test_ints_stand_for_floats_and_lists_for_tuples(workspace: Path):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    edit_params(workspace, release={**params["release"], "min_score": 1, "deploy_timeout_s": 60},
+                analysis={**params["analysis"], "rules": {"night_hours": [20, 6]}})
+    assert all(r["ok"] for r in check_sections(workspace)), check_sections(workspace)
+
+
 def test_a_missing_required_key_fails(workspace: Path):
     edit_params(workspace, registry={"target": 0.6})
     bad = [r for r in check_sections(workspace) if not r["ok"]]

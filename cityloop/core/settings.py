@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,8 +63,9 @@ def load_section(root: Path, section: str, cls: type[T], **overrides: Any) -> T:
 
 
 def from_section(cls: type[T], d: Mapping[str, Any] | None, section: str) -> T:
-    """A params dataclass from its params.yaml section; unknown keys, and required keys left out,
-    raise ValueError naming the section (a typo in params.yaml never passes silently)."""
+    """A params dataclass from its params.yaml section; unknown keys, required keys left out and
+    values of the wrong type raise ValueError naming the section and key (a typo in params.yaml
+    never passes silently)."""
     d = dict(d or {})
     fields = dataclasses.fields(cls)
     known = sorted(f.name for f in fields)
@@ -73,4 +76,49 @@ def from_section(cls: type[T], d: Mapping[str, Any] | None, section: str) -> T:
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{section} params missing: {missing} (set them in the {section}: section of params.yaml)")
+    wrong = _wrong_types(cls, d)
+    if wrong:
+        raise ValueError(f"{section} params of the wrong type: " + "; ".join(
+            f"{section}.{k}: expected {want}, got {type(v).__name__} {v!r}" for k, want, v in wrong))
     return cls(**d)
+
+
+_SCALARS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (scalars, None, lists/tuples, dicts and unions
+    of them; anything else, such as a nested dataclass built by its own from_dict, is let through)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint in _SCALARS:
+        return isinstance(value, _SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
+    if hint in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # tuple[float, float]
+            return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args))
+        return all(_conforms(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _wrong_types(cls: type, d: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(key, expected, value) for each value of `d` that does not fit `cls`'s annotation."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that cannot be resolved here: no type check
+        return []
+    return [(k, _type_name(hints[k]), v) for k, v in d.items() if k in hints and not _conforms(v, hints[k])]
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

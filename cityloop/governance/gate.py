@@ -99,7 +99,7 @@ class GateParams:
     allowed_sizes: list[str] = field(default_factory=lambda: ["192x192"])
     min_box: float = 4.0
     box_tolerance: float = 0.5
-    timestamp_min: str = "2000-01-01"
+    timestamp_min: str | date = "2000-01-01"  # ISO date (YAML turns a bare date into a date; stored as str)
     timestamp_future_slack_days: float = 1.0
     require_labels: bool = True
     min_frames_per_class: int = 5
