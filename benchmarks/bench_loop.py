@@ -49,8 +49,10 @@ def configure(ws: Path, ls, budget: int, edge: bool, port: int) -> None:
 
 def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
     """Wall seconds of the round, seconds per stage, stage calls."""
-    from cityloop.flows.loop import loop_params, prefect_call
-    from cityloop.loop.runner import direct, run_loop
+    from cityloop.core.steps import run_direct
+    from cityloop.flows.loop import loop_params
+    from cityloop.flows.steps import as_task
+    from cityloop.loop.runner import run_loop
 
     os.environ["CITYLOOP_ROOT"] = str(ws)
     p = loop_params(str(ws))
@@ -67,13 +69,13 @@ def one_round(ws: Path, prefect: bool) -> tuple[float, dict, int]:
 
         @flow(name="closed-loop-bench")
         def bench_flow() -> dict:
-            return run_loop(ws, p, call=counting(prefect_call), say=log)
+            return run_loop(ws, p, call=counting(as_task), say=log)
 
         t = time.perf_counter()
         out = bench_flow()
     else:
         t = time.perf_counter()
-        out = run_loop(ws, p, call=counting(direct), say=log)
+        out = run_loop(ws, p, call=counting(run_direct), say=log)
     return time.perf_counter() - t, out["timings"], calls["n"]
 
 

@@ -1,13 +1,13 @@
 """Prefect flow `closed-loop`: round 0 (lab model, release) then rounds of field streams → hard
 examples → Label Studio batch → governed version → fine-tune → evaluate → gate → release.
 
-Orchestration only: loop.runner runs the rounds and hands every stage to `prefect_call`, which
-runs it as a Prefect task named after the stage (the same functions the benchmark calls directly).
+Orchestration only: loop.runner runs the rounds and hands every stage to `as_task` (the one
+Prefect step runner, cityloop.flows.steps), which runs it as a task named after the stage (the
+same functions the benchmark calls directly).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cityloop.core.settings import find_root, load_section
-
-
-def prefect_call(name: str, fn: Callable, *args: Any) -> Any:
-    """One loop stage as a Prefect task run (no result cache: the loop keeps its own state)."""
-    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)(*args)
+from cityloop.flows.steps import as_task
 
 
 @task(name="labelstudio-up", cache_policy=NO_CACHE)
@@ -84,12 +80,12 @@ def closed_loop(rounds: int | None = None, budget: int | None = None, arms: list
     root = str(Path(root or find_root()).resolve())
     p = loop_params(root, rounds=rounds, budget=budget, arms=arms, seeds=seeds, target=target, edge=edge)
     log = get_run_logger()
-    base = task(ensure_base, name="round-0-base", cache_policy=NO_CACHE)(root, p.base)
+    base = as_task("round-0-base", ensure_base, root, p.base)
     if base != p.base:
         p.base = base
     url = labelstudio_task(root)
     log.info("Label Studio at %s", url)
-    out = run_loop(Path(root), p, call=prefect_call, annotators=annotators, say=log.info)
+    out = run_loop(Path(root), p, call=as_task, annotators=annotators, say=log.info)
     summary = out["report"]
     md = Path(summary["markdown"]).read_text()
     create_markdown_artifact(key="closed-loop", markdown=md, description=summary.get("ratio_text", "closed loop"))

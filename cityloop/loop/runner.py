@@ -1,6 +1,7 @@
 """The rounds of the closed loop, in order, with a `call` hook around every stage.
 
-`call(name, fn, *args)` runs one stage: `direct` calls it, the Prefect flow wraps it in a task.
+`call(name, fn, *args)` runs one stage (a cityloop.core.steps.StepRunner): `run_direct` calls it,
+the Prefect flow wraps it in a task.
 Finished stages are kept in `.cityloop/loop/<run>/state.json` (the run id is a hash of the
 loop's params), so a loop killed mid-round starts again at its first unfinished stage; the
 rounds' figures go to `rounds.jsonl` and, after each round, to the report (loop.report).
@@ -17,15 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cityloop.core.steps import StepRunner, run_direct
 from cityloop.loop import stages
 from cityloop.loop.params import Lineage, LoopParams, lineages
-
-Call = Callable[..., Any]
-
-
-def direct(name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Run a stage in-process (the benchmark's side without Prefect)."""
-    return fn(*args, **kwargs)
 
 
 def run_key(p: LoopParams, annotators: str) -> str:
@@ -43,7 +38,7 @@ class LoopState:
         self.path, self.rounds_path = self.dir / "state.json", self.dir / "rounds.jsonl"
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def run(self, call: Call, key: str, name: str, fn: Callable, *args: Any) -> Any:
+    def run(self, call: StepRunner, key: str, name: str, fn: Callable, *args: Any) -> Any:
         if key in self.done:
             return self.done[key]
         out = call(name, fn, *args)
@@ -92,7 +87,7 @@ def check_fresh(root: Path, lins: list[Lineage], key: str) -> None:
             "Set loop.tag (e.g. loop.tag: v2) to run a separate loop beside it, or go back to that run's params.")
 
 
-def run_loop(root: Path, p: LoopParams, call: Call = direct, annotators: str = "scripted",
+def run_loop(root: Path, p: LoopParams, call: StepRunner = run_direct, annotators: str = "scripted",
              say: Callable[[str], None] = print) -> dict:
     """Round 0 (the lab-trained base model, on the edge nodes) and up to `p.rounds` labeling
     rounds per lineage, each stopping at the target or the label budget; returns the records."""
