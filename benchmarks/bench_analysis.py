@@ -23,9 +23,9 @@ from benchkit import Row, command_line, finish, fmt, loadavg, log, machine_facts
 
 from cityloop.analysis.params import AnalysisParams  # noqa: E402
 from cityloop.analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
-from cityloop.analysis.rules import SCENARIOS  # noqa: E402
-from cityloop.analysis.zones import read_cameras  # noqa: E402
 from cityloop.models.runtime import decode_image  # noqa: E402
+from cityloop.scenarios import registry  # noqa: E402
+from cityloop.scenarios.zones import read_cameras  # noqa: E402
 from cityloop.scenes.video import generate_video  # noqa: E402
 
 SECTION = "## Video analysis"
@@ -79,7 +79,7 @@ def merged(ms: list[dict]) -> dict:
 
 def ttd_rows(per: dict, label: str) -> list[Row]:
     rows = []
-    for sc in SCENARIOS:
+    for sc in registry().names:
         m = merged(per.get(sc, []))
         note = (f"p95 {fmt(m['ttd_p95_s'])} s; found {m['hits']}/{m['truth']}, {m['raised']} alerts, "
                 f"{m['duplicates']} duplicate, {m['false_alarms']} false")

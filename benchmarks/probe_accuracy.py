@@ -34,8 +34,8 @@ SECTION = "## Detector ceiling"
 
 def render(domain: str, n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """RGB frames, per frame (N, 5) boxes [x0, y0, x1, y1, class index], and their COCO truth."""
+    from cityloop.governance.schema import CLASSES
     from cityloop.scenes.frames import add_to_coco, coco_skeleton, iter_frames
-    from cityloop.scenes.world import CLASSES
 
     imgs, boxes, coco = [], [], coco_skeleton()
     for fr in iter_frames(domain, n, seed, 192, "jpg", 1):
@@ -49,10 +49,10 @@ def render(domain: str, n: int, seed: int) -> tuple[list[np.ndarray], list[np.nd
 def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, dict[str, float]]:
     import torch
 
+    from cityloop.governance.schema import CLASSES
     from cityloop.models.card import OutputSpec
     from cityloop.models.evaluate import evaluate
     from cityloop.models.runtime import Detection, decode_centernet
-    from cityloop.scenes.world import CLASSES
 
     model.eval()
     preds: dict[int, list] = {}
@@ -71,10 +71,10 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int) -> list[Row]:
     import torch
 
+    from cityloop.governance.schema import CLASSES
     from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.data import Augment, draw_targets
     from cityloop.models.module import detection_loss
-    from cityloop.scenes.world import CLASSES
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

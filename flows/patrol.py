@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, task
@@ -16,8 +15,8 @@ from prefect_dask import DaskTaskRunner
 
 from cityloop.analysis.params import analysis_params, store_url
 from cityloop.analysis.patrol import patrol_one, score_run
-from cityloop.analysis.zones import read_cameras
 from cityloop.core.settings import find_root
+from cityloop.scenarios.zones import read_cameras
 
 
 @task(name="patrol-camera", retries=1)
@@ -51,7 +50,7 @@ def patrol_flow(streams: str, model: str = "truth", root: str | None = None, db:
     """Every camera of a stream folder as its own task; returns per-camera results and the metrics."""
     root = root or str(find_root())
     ap = analysis_params(Path(root))
-    params = asdict(ap)  # plain data for the Dask workers, which build their AnalysisParams from it
+    params = ap.to_dict(with_scenarios=True)  # plain data for the Dask workers, which rebuild AnalysisParams
     db_url, run_id = store_url(Path(root), db), uuid.uuid4().hex[:12]
     cams = [c["camera_id"] for c in read_cameras(Path(streams))]
     futures = [patrol_camera_task.submit(root, streams, c, model, params, db_url, run_id) for c in cams]

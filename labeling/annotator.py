@@ -19,11 +19,11 @@ import numpy as np
 
 from cityloop.governance.schema import CLASSES
 from cityloop.labeling.convert import Box, no_objects_result, to_result
+from cityloop.scenarios import registry
 
 MIN_DRAWN = 4.0  # px: the smallest box an annotator drags in the editor
-# the confusions people make: helmet cue missed, a stall taken for garbage, and so on
-CONFUSIONS = {"rider_helmet": "rider_no_helmet", "rider_no_helmet": "rider_helmet", "vendor_stall": "garbage",
-              "garbage": "vendor_stall", "person": "rider_no_helmet", "car": "vendor_stall", "water": "garbage"}
+# the confusions people make (helmet cue missed, a stall taken for garbage...): each class's unit says
+CONFUSIONS = registry().confusions
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The floors of the `cityloop` namespace, read statically from every module's source.
 
-* ground: ``cityloop`` itself, ``cityloop.core.*``, ``cityloop.scenes.*`` (the simulator): stdlib,
+* ground: ``cityloop`` itself, ``cityloop.core.*``, ``cityloop.scenes.*`` (the simulator),
+  ``cityloop.scenarios.*`` (the scenario units the simulator draws and the rules run): stdlib,
   third-party (never Prefect) and other ground modules only.
 * wings: every other subpackage (governance, labeling, models, bento, edge, analysis, loop, and any
   future one): ground and wings; never Prefect, ``cityloop.flows``, ``cityloop.cli``, ``cityloop.stack``.
@@ -44,7 +45,7 @@ def under(module: str, package: str) -> bool:
 
 def layer(module: str) -> str:
     """ground | wing | flows | top for a cityloop module (every unnamed subpackage is a wing)."""
-    if module == "cityloop" or under(module, "cityloop.core") or under(module, "cityloop.scenes"):
+    if module == "cityloop" or any(under(module, f"cityloop.{g}") for g in ("core", "scenes", "scenarios")):
         return "ground"
     if under(module, "cityloop.flows"):
         return "flows"
@@ -238,8 +239,8 @@ def _cityloop_layer(target: str) -> str | None:
 
 
 RULES = [
-    Rule("ground", "ground (cityloop, cityloop.core, cityloop.scenes) may import only stdlib/third-party "
-         "(not Prefect) and ground",
+    Rule("ground", "ground (cityloop, cityloop.core, cityloop.scenes, cityloop.scenarios) may import only "
+         "stdlib/third-party (not Prefect) and ground",
          lambda m: layer(m) == "ground",
          lambda i: _cityloop_layer(i.target) not in (None, "ground") or is_prefect(i.target)),
     Rule("wings", "wings may import ground and wings only: never cityloop.flows, cityloop.cli, cityloop.stack",

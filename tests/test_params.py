@@ -41,7 +41,7 @@ def test_the_projects_params_yaml_passes_check(workspace: Path):
     assert [r["section"] for r in out["sections"]] == list(section_classes())
     assert all(r["ok"] and r["in_params"] and r["error"] is None for r in out["sections"])
     res = runner.invoke(app, ["params", "check"])  # the table
-    assert res.exit_code == 0 and "all 14 sections load" in res.output, res.output
+    assert res.exit_code == 0 and "all 15 sections load" in res.output, res.output
 
 
 @pytest.mark.parametrize(("section", "value", "named"), [
@@ -83,7 +83,7 @@ def test_a_value_of_the_wrong_type_fails_naming_section_and_key(workspace: Path,
 def test_ints_stand_for_floats_and_lists_for_tuples(workspace: Path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     edit_params(workspace, release={**params["release"], "min_score": 1, "deploy_timeout_s": 60},
-                analysis={**params["analysis"], "rules": {"night_hours": [20, 6]}})
+                scenarios={**params["scenarios"], "garbage_pile": {"t_s": 6}})
     assert all(r["ok"] for r in check_sections(workspace)), check_sections(workspace)
 
 

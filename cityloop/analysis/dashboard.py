@@ -11,6 +11,8 @@ import html
 import json
 import threading
 import time
+from collections import Counter
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from cityloop.analysis.figures import accuracy_curve
 from cityloop.analysis.store import EventStore, iso
 from cityloop.core.web import send_bytes, send_json
+from cityloop.scenarios import registry
 
 REFRESH_S = 5
 
@@ -56,11 +59,26 @@ def camera_rows(store: EventStore, nodes: list[dict[str, Any]]) -> list[dict[str
     return sorted(cams.values(), key=lambda c: c["camera_id"])
 
 
+def scenario_rows(store: EventStore) -> list[dict[str, Any]]:
+    """Every registered scenario (human name, agency) with its event count and its latest event."""
+    evs = store.events()
+    n = Counter(e.scenario for e in evs)
+    last: dict[str, float] = {}
+    for e in evs:
+        last[e.scenario] = max(last.get(e.scenario, 0.0), e.start_ts)
+    return [{"scenario": sc.title, "id": name, "agency": sc.agency, "events": n[name],
+             "last_event": datetime.fromtimestamp(last[name], UTC).strftime("%Y-%m-%d %H:%M") if name in last else None}
+            for name, sc in registry().scenarios.items()]
+
+
 def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: int = 20) -> dict[str, Any]:
     """Everything the page shows."""
     nodes = node_status(edge_root or root)
     events = [e.to_dict() for e in store.events(limit=limit, newest_first=True)]
-    return {"events": events, "nodes": nodes, "cameras": camera_rows(store, nodes),
+    titles = {name: sc.title for name, sc in registry().scenarios.items()}
+    for e in events:
+        e["scenario_title"] = titles.get(e["scenario"], e["scenario"])
+    return {"events": events, "nodes": nodes, "cameras": camera_rows(store, nodes), "scenarios": scenario_rows(store),
             "accuracy": accuracy_curve(root), "generated": iso(time.time())}
 
 
@@ -92,12 +110,13 @@ def render(s: dict[str, Any]) -> str:
     def esc(rows: list[dict], cols: list[str]) -> list[dict]:
         return [{c: html.escape("—" if r.get(c) is None else str(r.get(c))) for c in cols} for r in rows]
 
-    ev_cols = ["start_ts_iso", "scenario", "camera_id", "district", "model_version", "score"]
+    ev_cols = ["start_ts_iso", "scenario_title", "camera_id", "district", "model_version", "score"]
     events = esc(s["events"], ev_cols)
     for row, e in zip(events, s["events"]):
         row["snapshot"] = f'<a href="/snapshot/{html.escape(e["id"])}">view</a>' if e.get("snapshot") else "—"
         row["start_ts_iso"] = row["start_ts_iso"][:19].replace("T", " ")
     cam_cols = ["camera_id", "district", "model_version", "node", "health", "events", "last_event"]
+    sc_cols = ["scenario", "agency", "events", "last_event"]
     node_cols = ["name", "model_version", "state", "health", "fps", "errors", "heartbeat_age_s"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
 <title>cityloop dashboard</title><style>body{{font-family:sans-serif;margin:12px;font-size:13px}}
@@ -106,7 +125,8 @@ td,th{{border:1px solid #ddd;padding:2px 6px}}th{{background:#f3f4f6;text-align:
 </style></head><body>
 <h1 style="font-size:18px">cityloop — live events <small>({html.escape(s['generated'])})</small></h1>
 <div class="grid"><div><h2>Live events</h2><div id="events">{_rows(events, [*ev_cols, 'snapshot'])}</div></div>
-<div><h2>Cameras: model versions and health</h2><div id="cameras">{_rows(esc(s['cameras'], cam_cols), cam_cols)}</div>
+<div><h2>Scenarios</h2><div id="scenarios">{_rows(esc(s['scenarios'], sc_cols), sc_cols)}</div>
+<h2>Cameras: model versions and health</h2><div id="cameras">{_rows(esc(s['cameras'], cam_cols), cam_cols)}</div>
 <h2>Edge nodes</h2><div id="nodes">{_rows(esc(s['nodes'], node_cols), node_cols)}</div>
 <h2>The loop's accuracy (benchmark mAP50 per model version)</h2>{_svg_curve(s['accuracy'])}
 {_rows(esc(s['accuracy'], ['id', 'stage', 'mAP50']), ['id', 'stage', 'mAP50'])}</div></div></body></html>"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from cityloop.analysis.params import AnalysisParams
 from cityloop.analysis.rules import CameraContext, Candidate, evaluate_rules
 from cityloop.analysis.store import Event
 from cityloop.analysis.tracker import Box, Tracker, centre, to_dets
-from cityloop.analysis.zones import CameraZones
+from cityloop.scenarios.zones import CameraZones
+
+Assignment = Callable[[str, float], Collection[str] | None]  # (camera, ts) -> scenarios to run (None: all)
 
 log = logging.getLogger("cityloop.analysis")
 RETRY_EVERY_S = 5.0  # wall seconds between passes over pending alert deliveries
@@ -66,8 +69,10 @@ class Analyzer:
     """Tracks, rules and deduplicated events for any number of cameras."""
 
     def __init__(self, params: AnalysisParams, dispatcher: Dispatcher, zones: dict[str, CameraZones] | None = None,
-                 cameras: dict[str, dict[str, Any]] | None = None, snapshots: Path | None = None) -> None:
+                 cameras: dict[str, dict[str, Any]] | None = None, snapshots: Path | None = None,
+                 assignment: Assignment | None = None) -> None:
         self.p, self.dispatcher = params, dispatcher
+        self.assignment = assignment  # a schedule's (camera, ts) -> scenarios; None: every scenario everywhere
         self.zones, self.cameras = zones or {}, cameras or {}
         self.snapshots = Path(snapshots) if snapshots else None
         self.state: dict[str, CameraState] = {}
@@ -79,7 +84,8 @@ class Analyzer:
         if camera_id not in self.state:
             meta = self.cameras.get(camera_id, {})
             size = float(meta.get("size", 192))
-            ctx = CameraContext(camera_id, self.zones.get(camera_id, CameraZones(camera_id)), size * size)
+            ctx = CameraContext(camera_id, self.zones.get(camera_id, CameraZones(camera_id)), size * size,
+                                condition=meta.get("condition"))
             self.state[camera_id] = CameraState(Tracker(self.p.tracker), ctx, meta.get("district"))
         return self.state[camera_id]
 
@@ -89,7 +95,8 @@ class Analyzer:
         cam = self._camera(camera_id)
         seen = cam.tracker.update(ts, to_dets(detections, self.p.tracker.min_score))
         new = []
-        for c in evaluate_rules(seen, ts, self.p.rules, cam.ctx):
+        only = self.assignment(camera_id, ts) if self.assignment else None
+        for c in evaluate_rules(seen, ts, self.p.scenarios, cam.ctx, only):
             ev = self._candidate(cam, c, ts, model_version, frame_index, image)
             if ev is not None:
                 new.append(ev)
@@ -116,7 +123,7 @@ class Analyzer:
         ev = Event(id=uuid.uuid4().hex, scenario=c.scenario, camera_id=cam.ctx.camera_id, start_ts=c.since_ts,
                    end_ts=ts, first_detected_ts=ts, model_version=model_version, score=round(c.score, 4),
                    boxes=[[round(v, 1) for v in b] for b in c.boxes], district=cam.district,
-                   extra={"frame_index": frame_index, "key": c.key})
+                   extra={"frame_index": frame_index, "key": c.key, **c.detail})
         ev.snapshot = self._snapshot(ev, image)
         self.dispatcher.raise_event(ev)
         cam.events.append(_Open(ev, {c.key}, ts, box, c.velocity))
@@ -128,7 +135,7 @@ class Analyzer:
         """Whether an event's subject (a track, a crowd) was seen in this very frame: then a candidate
         with another key is another object, not the same one again."""
         if key.startswith("c"):
-            return any(c.key == key and c.last_ts >= ts for c in cam.ctx.crowds)
+            return any(c["key"] == key and c["last_ts"] >= ts for c in cam.ctx.memory.get("crowds", {}).get("open", []))
         tr = cam.tracker.tracks.get(int(key[1:]))
         return tr is not None and tr.last_ts >= ts
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from cityloop.analysis.rules import SCENARIOS
 from cityloop.analysis.store import Event
 from cityloop.core.geometry import Box, iou
+from cityloop.scenarios import registry
 
 
 @dataclass
@@ -90,9 +90,9 @@ def evaluate_events(truth: list[dict[str, Any]], raised: list[Event], cameras: l
         else:
             first[best["id"]] = s - best["start_s"]
     out = {}
-    for sc in (*SCENARIOS, "all"):
+    for sc in (*registry().names, "all"):
         ts = [t for t in truth if sc in ("all", t["scenario"])]
-        raised_n, match_n, dup_n = (sum(matched[x][i] for x in SCENARIOS) for i in range(3)) if sc == "all" \
+        raised_n, match_n, dup_n = (sum(matched[x][i] for x in registry().names) for i in range(3)) if sc == "all" \
             else matched[sc]
         ttd = [max(0.0, first[t["id"]]) for t in ts if t["id"] in first]
         out[sc] = ScenarioMetrics(

@@ -1,12 +1,13 @@
-"""The `analysis:` section of params.yaml as typed settings (rules, dedup, tracker, sinks)."""
+"""The `analysis:` section of params.yaml as typed settings (dedup, tracker, sinks), plus `scenarios:`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cityloop.core.settings import from_section, load_section
+from cityloop.core.settings import from_section, load_params, load_section
+from cityloop.scenarios.settings import ScenarioConfig, ScenariosSection, scenario_settings
 
 
 @dataclass
@@ -19,30 +20,11 @@ class TrackerParams:
 
 
 @dataclass
-class RuleParams:
-    """One parameter set per scenario (see analysis.rules for what each means)."""
-
-    helmet_k: int = 3  # rider_no_helmet in k ...
-    helmet_n: int = 5  # ... of the last n frames of a track
-    parking_t_s: float = 8.0  # stationary in a no-parking zone for T
-    parking_max_move: float = 0.15  # box widths the ground point may wander while "stationary"
-    garbage_t_s: float = 6.0
-    vending_t_s: float = 4.0
-    night_hours: tuple[float, float] = (17.0, 6.0)  # local hours [from, to) counted as night
-    water_min_area: float = 0.002  # water box area as a share of the frame
-    water_t_s: float = 2.0
-    crowd_n: int = 4  # at least N persons ...
-    crowd_radius: float = 0.8  # ... within R person-heights of their centre ...
-    crowd_t_s: float = 3.0  # ... for T
-    crowd_max_speed: float = 0.15  # person-heights per second: faster members are walking past
-
-
-@dataclass
 class AnalysisParams:
     """Everything the analysis layer reads from params.yaml `analysis:`."""
 
     tracker: TrackerParams = field(default_factory=TrackerParams)
-    rules: RuleParams = field(default_factory=RuleParams)
+    scenarios: dict[str, ScenarioConfig] = field(default_factory=scenario_settings)  # params.yaml `scenarios:`
     cooldown_s: float = 30.0  # a new candidate near a just-ended event of the same kind joins it
     close_after_s: float = 5.0  # an event whose condition is unseen this long is closed
     sinks: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "log"}])
@@ -50,21 +32,36 @@ class AnalysisParams:
     zones: dict[str, dict[str, Any]] = field(default_factory=dict)  # camera_id -> zone overrides
     match_tolerance_s: float = 2.0  # evaluation: slack around a ground-truth event's interval
 
+    def to_dict(self, with_scenarios: bool = False) -> dict[str, Any]:
+        """The `analysis:` section's values as plain data; `with_scenarios`: also the scenarios' settings
+        (the `scenarios:` section's shape) for a process that rebuilds the params with `from_dict`."""
+        out = {f.name: asdict(self.tracker) if f.name == "tracker" else getattr(self, f.name)
+               for f in fields(self) if f.name != "scenarios"}
+        if with_scenarios:
+            out["scenarios"] = ScenariosSection(self.scenarios).to_dict()
+        return out
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AnalysisParams:
         """Build from the yaml mapping; unknown keys are an error naming their section (no silent typo)."""
         d = dict(d or {})
         tracker = from_section(TrackerParams, d.pop("tracker", {}), "analysis.tracker")
-        rules = from_section(RuleParams, d.pop("rules", {}), "analysis.rules")
-        rules.night_hours = tuple(rules.night_hours)
+        if "rules" in d:
+            raise ValueError("analysis.rules: the scenarios' rule parameters moved to the `scenarios:` section "
+                             "(scenarios.<name>.<key>; `cityloop scenarios list` shows them)")
+        scenarios = d.pop("scenarios", None)  # to_dict(with_scenarios=True): another process's settings
         top = from_section(cls, d, "analysis")
-        top.tracker, top.rules = tracker, rules
+        top.tracker = tracker
+        if scenarios is not None:
+            top.scenarios = scenario_settings(scenarios)
         return top
 
 
 def analysis_params(root: Path) -> AnalysisParams:
-    """params.yaml `analysis:` (defaults where it has none)."""
-    return load_section(root, "analysis", AnalysisParams)
+    """params.yaml `analysis:` (defaults where it has none), with the `scenarios:` section's settings."""
+    p = load_section(root, "analysis", AnalysisParams)
+    p.scenarios = scenario_settings(load_params(root).get("scenarios"))
+    return p
 
 
 def store_url(root: Path, db: str | None = None) -> str:

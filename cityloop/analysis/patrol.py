@@ -27,7 +27,7 @@ from cityloop.analysis.evaluate import evaluate_events, truth_boxes, unix
 from cityloop.analysis.params import AnalysisParams
 from cityloop.analysis.store import EventStore
 from cityloop.analysis.tracker import Det
-from cityloop.analysis.zones import load_zones, read_cameras
+from cityloop.scenarios.zones import load_zones, read_cameras
 
 log = logging.getLogger("cityloop.patrol")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}

@@ -5,6 +5,7 @@ as one HTML page with matplotlib PNG charts."""
 from __future__ import annotations
 
 import html
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cityloop.analysis.figures import accuracy_curve, labeling_rounds  # noqa: E402
-from cityloop.analysis.rules import SCENARIOS  # noqa: E402
 from cityloop.analysis.store import Event, EventStore  # noqa: E402
 from cityloop.core.settings import from_section  # noqa: E402
+from cityloop.scenarios import registry  # noqa: E402
 
 
 @dataclass
@@ -64,8 +65,9 @@ def _trend(pct: float | None) -> str:
 def summarize(this: list[Event], prev: list[Event], top: int) -> dict[str, Any]:
     """The report's numbers (also returned to callers and flows)."""
     c_now, c_prev = Counter(e.scenario for e in this), Counter(e.scenario for e in prev)
-    scen = [{"scenario": s, "this_week": c_now[s], "previous_week": c_prev[s],
-             "change_pct": change(c_now[s], c_prev[s])} for s in SCENARIOS]
+    titles = {name: sc.title for name, sc in registry().scenarios.items()}
+    scen = [{"scenario": s, "title": titles[s], "this_week": c_now[s], "previous_week": c_prev[s],
+             "change_pct": change(c_now[s], c_prev[s])} for s in registry().names]
     cams = Counter((e.camera_id, e.district or "-") for e in this)
     cam_prev = Counter((e.camera_id, e.district or "-") for e in prev)
     cameras = [{"camera_id": c, "district": d, "this_week": n, "previous_week": cam_prev[(c, d)],
@@ -79,14 +81,14 @@ def summarize(this: list[Event], prev: list[Event], top: int) -> dict[str, Any]:
     moves = sorted((r for r in scen if r["change_pct"] is not None), key=lambda r: r["change_pct"])
     return {"scenarios": scen, "cameras": cameras, "districts": districts, "hotspots": hotspots,
             "model_versions": [{"model_version": m, "events": n} for m, n in models.most_common()],
-            "headline": [f"{r['scenario']} {'fell' if r['change_pct'] < 0 else 'rose'} {abs(r['change_pct']):.1f}% "
+            "headline": [f"{r['title']} {'fell' if r['change_pct'] < 0 else 'rose'} {abs(r['change_pct']):.1f}% "
                          f"({r['previous_week']} → {r['this_week']})" for r in moves if abs(r["change_pct"]) >= 20],
             "total": len(this), "total_previous": len(prev)}
 
 
 def _chart_weeks(s: dict, week: str, prev_week: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
-    names = [r["scenario"] for r in s["scenarios"]]
+    names = [r["title"] for r in s["scenarios"]]
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [r["previous_week"] for r in s["scenarios"]], 0.4, label=prev_week, color="#9aa5b1")
     ax.bar([x + 0.2 for x in xs], [r["this_week"] for r in s["scenarios"]], 0.4, label=week, color="#1f6feb")
@@ -94,7 +96,7 @@ def _chart_weeks(s: dict, week: str, prev_week: str, path: Path) -> None:
         if r["change_pct"] is not None:
             ax.annotate(_trend(r["change_pct"]), (x, max(r["this_week"], r["previous_week"])), ha="center",
                         va="bottom", fontsize=8, color="#067d39" if r["change_pct"] < 0 else "#b42318")
-    ax.set_xticks(list(xs), [n.replace("_", "\n") for n in names], fontsize=8)
+    ax.set_xticks(list(xs), [textwrap.fill(n, 14) for n in names], fontsize=7)
     ax.set_ylabel("events")
     ax.set_title("events per scenario: this week against the previous one")
     ax.legend(fontsize=8)
@@ -106,7 +108,7 @@ def _chart_weeks(s: dict, week: str, prev_week: str, path: Path) -> None:
 def _chart_daily(events: list[Event], start: datetime, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
     days = [start + timedelta(days=i) for i in range(-7, 7)]
-    for sc in SCENARIOS:
+    for sc in registry().names:
         counts = Counter(int((e.start_ts - days[0].timestamp()) // 86400) for e in events if e.scenario == sc)
         if counts:
             ax.plot([d.strftime("%m-%d") for d in days], [counts.get(i, 0) for i in range(14)], marker="o", label=sc)
@@ -184,7 +186,7 @@ def weekly_report(store: EventStore, out: Path, week: str | None = None, root: P
 <style>{CSS}</style></head><body><h1>cityloop weekly report {week}</h1>
 <p>{s['total']} events this week, {s['total_previous']} in {prev_week}.</p>
 <div class="headline">{headline}</div>
-<h2>Per scenario</h2>{_table(s['scenarios'], ['scenario', 'this_week', 'previous_week', 'change_pct'])}
+<h2>Per scenario</h2>{_table(s['scenarios'], ['title', 'this_week', 'previous_week', 'change_pct'])}
 <img src="scenarios.png" alt="events per scenario"><img src="daily.png" alt="events per day">
 <h2>Hotspots</h2>{_table(s['hotspots'], ['camera_id', 'district', 'scenario', 'events'])}
 <h2>Per district</h2>{_table(s['districts'], ['district', 'this_week', 'previous_week', 'change_pct'])}

@@ -9,8 +9,8 @@ from cityloop.analysis.alerts import Dispatcher, build_sinks
 from cityloop.analysis.engine import Analyzer
 from cityloop.analysis.params import analysis_params, store_url
 from cityloop.analysis.store import EventStore
-from cityloop.analysis.zones import load_zones
 from cityloop.core.settings import find_root
+from cityloop.scenarios.zones import load_zones
 
 
 def edge_sink(node_dir: Path) -> Analyzer:

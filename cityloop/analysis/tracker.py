@@ -8,63 +8,22 @@ boxes with a centre-distance fallback is enough and is 100 lines we can read.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cityloop.analysis.params import TrackerParams
 from cityloop.core.geometry import Box, iou  # Box: x0, y0, x1, y1 in frame px
+from cityloop.scenarios import registry
+from cityloop.scenarios.base import Det, Observation, Track
 
-FAMILY = {"rider_helmet": "rider", "rider_no_helmet": "rider"}  # classes a detector may flip between
-
-
-@dataclass
-class Det:
-    """One detection of one frame."""
-
-    box: Box
-    score: float
-    cls: str
+__all__ = ["Box", "Det", "Observation", "Track", "Tracker", "centre", "family", "to_dets"]
 
 
-@dataclass
-class Observation:
-    ts: float
-    box: Box
-    cls: str
-    score: float
 
-
-@dataclass
-class Track:
-    """One object followed over frames; `history` holds its recent observations."""
-
-    track_id: int
-    family: str
-    history: deque = field(default_factory=lambda: deque(maxlen=256))
-    first_ts: float = 0.0
-    last_ts: float = 0.0
-    velocity: tuple[float, float] = (0.0, 0.0)  # px/s of the box centre
-
-    @property
-    def box(self) -> Box:
-        return self.history[-1].box
-
-    @property
-    def cls(self) -> str:
-        return self.history[-1].cls
-
-    def predict(self, ts: float) -> Box:
-        """Where the box should be at ts (constant velocity)."""
-        dt = ts - self.last_ts
-        x0, y0, x1, y1 = self.box
-        dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
-        return Box(x0 + dx, y0 + dy, x1 + dx, y1 + dy)
-
-    def since(self, ts: float) -> list[Observation]:
-        """Observations at or after ts."""
-        return [o for o in self.history if o.ts >= ts]
+def family(cls: str) -> str:
+    """The track family of a class (classes a detector may flip between, such as a rider with and
+    without a helmet, share one track)."""
+    return registry().families.get(cls, cls)
 
 
 def centre(b: Box) -> tuple[float, float]:
@@ -112,7 +71,7 @@ class Tracker:
         for tid, tr in self.tracks.items():
             pred, reach = tr.predict(ts), 1.5 if len(tr.history) == 1 else 0.8
             for j, d in enumerate(dets):
-                if FAMILY.get(d.cls, d.cls) == tr.family:
+                if family(d.cls) == tr.family:
                     a = _affinity(pred, d.box, reach)
                     if a > 0 and (a >= self.p.iou or a < 0.2):
                         pairs.append((a, tid, j))
@@ -131,7 +90,7 @@ class Tracker:
         return seen
 
     def _start(self, ts: float, d: Det) -> Track:
-        tr = Track(self._next, FAMILY.get(d.cls, d.cls), first_ts=ts, last_ts=ts)
+        tr = Track(self._next, family(d.cls), first_ts=ts, last_ts=ts)
         tr.history.append(Observation(ts, d.box, d.cls, d.score))
         self.tracks[tr.track_id] = tr
         self._next += 1

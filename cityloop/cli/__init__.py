@@ -64,6 +64,15 @@ def _mount_analysis() -> None:
 _mount_analysis()
 
 
+def _mount_scenarios() -> None:
+    from cityloop.cli.scenarios import app as scenarios_app
+
+    app.add_typer(scenarios_app, name="scenarios", help="City scenarios: classes, rules, zones, active windows.")
+
+
+_mount_scenarios()
+
+
 def loop_run(
     rounds: Annotated[int | None, typer.Option(help="Labeling rounds after round 0 (default: loop.rounds).")] = None,
     budget: Annotated[int | None, typer.Option(help="Labels per round and lineage (default: loop.budget).")] = None,

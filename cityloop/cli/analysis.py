@@ -54,7 +54,7 @@ def patrol(
     """Run streams through detector → tracker → rules → event store; print event-level metrics."""
     from cityloop.analysis.params import analysis_params, store_url
     from cityloop.analysis.patrol import run_patrol
-    from cityloop.analysis.zones import ZoneError, read_cameras
+    from cityloop.scenarios.zones import ZoneError, read_cameras
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     root = find_root()

@@ -47,12 +47,13 @@ def section_classes() -> dict[str, type]:
     from cityloop.models.gate import RegistryParams
     from cityloop.models.lifecycle import ExportParams
     from cityloop.models.params import TrainSection
+    from cityloop.scenarios.settings import ScenariosSection
     from cityloop.scenes.params import GenerateParams
 
     return {"generate": GenerateParams, "ingest": IngestParams, "gate": GateParams, "train": TrainSection,
             "export": ExportParams, "registry": RegistryParams, "serve": ServeParams, "edge": EdgeParams,
             "release": ReleaseParams, "labeling": LabelingParams, "analysis": AnalysisParams,
-            "report": ReportParams, "loop": LoopParams, "stack": StackParams}
+            "scenarios": ScenariosSection, "report": ReportParams, "loop": LoopParams, "stack": StackParams}
 
 
 def _class_name(cls: type) -> str:

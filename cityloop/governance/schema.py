@@ -5,21 +5,15 @@ Everything that reads or writes a manifest or a COCO file agrees on these names.
 
 from __future__ import annotations
 
-# Platform classes; COCO category ids are 1-based in this order and never reordered.
-CLASSES: tuple[str, ...] = (
-    "rider_helmet",
-    "rider_no_helmet",
-    "car",
-    "garbage",
-    "vendor_stall",
-    "water",
-    "person",
-)
-CATEGORY_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES)}
+from cityloop.scenarios import registry
+
+# Platform classes: the registered scenarios' (cityloop.scenarios), in registry order; COCO category
+# ids are 1-based in this order and never reordered (a new scenario's classes come after).
+CLASSES: tuple[str, ...] = registry().classes
+CATEGORY_IDS: dict[str, int] = registry().category_ids
 
 SOURCES: tuple[str, ...] = ("sim", "field", "partner", "edge-hard")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "pool", "bench")
-CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")
 
 # One row per frame in a dataset version (Parquet).
 MANIFEST_COLUMNS: dict[str, str] = {

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cityloop.core.geometry import iou
+from cityloop.scenarios import registry
 from cityloop.scenes.render import (
     Box,
     Light,
@@ -24,8 +25,6 @@ from cityloop.scenes.render import (
     sample_attrs,
 )
 from cityloop.scenes.world import (
-    CATEGORY_IDS,
-    CLASSES,
     DISTRICTS,
     DOMAINS,
     Camera,
@@ -40,11 +39,6 @@ HOURS = {"day": (8, 17), "dusk": (17, 19), "night": (20, 29), "rain": (7, 19), "
 
 MIN_BOX = 5.0  # px: smaller boxes are not labeled (the gate's min_box is 4)
 
-# mean objects per frame (Poisson) by class; the condition can raise some of them
-RATES = {"rider_helmet": 0.8, "rider_no_helmet": 0.8, "car": 1.2, "person": 1.4,
-         "garbage": 0.4, "vendor_stall": 0.3, "water": 0.25}
-
-
 @dataclass
 class Frame:
     """One rendered frame with its ground truth."""
@@ -57,45 +51,36 @@ class Frame:
     timestamp: datetime
 
 
-def _fits(cam: Camera, cls: str, x: float, y: float) -> bool:
+def _fits(cam: Camera, where: str, x: float, y: float) -> bool:
     road = cam.on_road(x, y)
-    if cls in ("car", "rider_helmet", "rider_no_helmet", "water"):
+    if where == "road":
         return road
-    if cls in ("garbage", "vendor_stall"):
+    if where == "walk":
         return cam.layout == "plaza" or not road
     return True
 
 
-def _rough_box(cls: str, x: float, y: float, s: float) -> Box:
-    half = {"car": 1.3, "rider_helmet": 0.55, "rider_no_helmet": 0.55, "person": 0.2,
-            "garbage": 0.6, "vendor_stall": 1.1, "water": 1.5}[cls] * s
-    tall = {"water": 0.3, "garbage": 0.45, "vendor_stall": 1.3}.get(cls, 1.0) * s
-    return (x - half, y - tall, x + half, y)
-
-
 def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> list[Obj]:
-    """Place objects where they belong (riders and cars on the road, stalls on pavements...)."""
-    rates = dict(RATES)
-    if cond.name == "rain":
-        rates["water"] = 0.9
-    if cond.name in ("night", "dusk"):
-        rates["vendor_stall"] = 0.7
+    """Place each registered class's objects where they belong (riders and cars on the road, stalls on
+    pavements...), as many as its rate in this condition draws."""
     y0, y1 = cam.ground_range(14.0 * cam.size / 192)
     placed: list[tuple[Obj, Box]] = []
-    for cls in CLASSES:
-        for _ in range(int(rng.poisson(rates[cls]))):
+    for spec in registry().object_classes.values():
+        rate = spec.rate_by_condition.get(cond.name, spec.rate)
+        for _ in range(int(rng.poisson(rate))):
             for _try in range(15):
                 x, y = rng.uniform(-0.05, 1.05) * cam.size, rng.uniform(y0, y1)
-                if not _fits(cam, cls, x, y):
+                if not _fits(cam, spec.where, x, y):
                     continue
                 s = cam.scale(y)
-                box = _rough_box(cls, x, y, s)
+                half, tall = spec.extent
+                box = (x - half * s, y - tall * s, x + half * s, y)
                 if any(iou(box, b) > 0.3 for _, b in placed):
                     continue
-                attrs = sample_attrs(cls, rng)
-                if cls == "car" and cam.layout == "perspective":
-                    attrs["rear"] = bool(rng.random() < 0.7)
-                placed.append((Obj(cls, float(x), float(y), float(s), attrs), box))
+                attrs = sample_attrs(spec.name, rng)
+                if spec.adapt is not None:
+                    spec.adapt(attrs, cam, rng)
+                placed.append((Obj(spec.name, float(x), float(y), float(s), attrs), box))
                 break
     return [o for o, _ in placed]
 
@@ -109,7 +94,8 @@ def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.rando
     bg, lamps, windows = background or render_background(cam)
     img = bg.copy()
     lights: list[Light] = list(lamps) + list(windows)
-    order = sorted(objects, key=lambda o: (o.cls != "water", o.y))
+    flat = {c.name for c in registry().object_classes.values() if c.flat}
+    order = sorted(objects, key=lambda o: (o.cls not in flat, o.y))
     raw = [(o, draw_object(img, o, lights, cond, DISTRICTS[cam.district]["sky"])) for o in order]
     img = apply_condition(img, cam, cond, lights, rng)
     S = cam.size
@@ -188,7 +174,7 @@ def coco_skeleton() -> dict:
     return {
         "info": {"description": "cityloop simulator", "version": "1"},
         "images": [], "annotations": [],
-        "categories": [{"id": CATEGORY_IDS[c], "name": c, "supercategory": "city"} for c in CLASSES],
+        "categories": [{"id": i, "name": c, "supercategory": "city"} for c, i in registry().category_ids.items()],
     }
 
 
@@ -200,7 +186,7 @@ def add_to_coco(coco: dict, file_name: str, size: int, boxes: list[tuple[str, Bo
     for cls, (x0, y0, x1, y1), track in boxes:
         w, h = x1 - x0, y1 - y0
         coco["annotations"].append({
-            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": CATEGORY_IDS[cls],
+            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": registry().category_ids[cls],
             "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2),
             "iscrowd": 0, "track_id": track,
         })
@@ -239,7 +225,7 @@ def generate_frames(domain: str, n: int, seed: int, out: Path, size: int = 192, 
     counts = pd.Series([a["category_id"] for a in coco["annotations"]]).value_counts()
     return {
         "frames": n,
-        "boxes": {c: int(counts.get(CATEGORY_IDS[c], 0)) for c in CLASSES},
+        "boxes": {c: int(counts.get(i, 0)) for c, i in registry().category_ids.items()},
         "conditions": pd.Series([r["condition"] for r in rows]).value_counts().to_dict(),
         "out": str(out),
     }

@@ -1,8 +1,10 @@
 """Video clips from fixed cameras: actors with trajectories, per-frame truth, scenario events.
 
-Riders cross, cars pass or park in the no-parking zone and stay, garbage is dumped and stays,
-stalls are set up at night, water pools on the road in rain, crowds walk in and gather.
-Ground-truth events are derived from what is actually visible in the rendered frames.
+Each registered scenario stages its own actors (`Scenario.plan`: riders cross, cars park in the
+no-parking zone, garbage is dumped, stalls are set up at night, water pools in rain, crowds gather,
+people slip past a checkpoint...). Ground-truth events are derived from what is actually visible
+in the rendered frames (`Scenario.truth`, by default the visible interval of the scenario's actors),
+and only inside the scenario's windows: a stall at noon is not street vending.
 """
 
 from __future__ import annotations
@@ -11,20 +13,19 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from cityloop.core.geometry import iou
+from cityloop.scenarios import registry
+from cityloop.scenarios.base import active
 from cityloop.scenes.frames import EPOCH, HOURS, add_to_coco, coco_skeleton, render_scene
 from cityloop.scenes.render import Obj, encode, render_background, sample_attrs
 from cityloop.scenes.world import Camera, Condition, make_camera, sample_condition
-
-SCENARIOS = ("helmetless_rider", "illegal_parking", "garbage_pile", "street_vending",
-             "road_waterlogging", "crowd_gathering")
-CROWD_MIN, CROWD_RADIUS = 4, 0.6  # persons, radius in person-heights
 
 
 @dataclass
@@ -36,8 +37,8 @@ class Actor:
     attrs: dict
     keys: list[tuple[float, float, float]]
     scenario: str | None = None
-    group: int = -1  # crowd members share a group id
-    grow: float = 0.0  # seconds over which a puddle grows to full size
+    group: int = -1  # members of a group (a crowd, a queue) share an id
+    grow: float = 0.0  # seconds over which an object (a puddle) grows to full width
     extra: dict = field(default_factory=dict)
 
     @property
@@ -55,7 +56,7 @@ class Actor:
         ts, xs, ys = zip(*self.keys)
         x, y = float(np.interp(t, ts, xs)), float(np.interp(t, ts, ys))
         attrs = self.attrs
-        if self.cls == "person":
+        if attrs.get("walks"):
             attrs = {**attrs, "walk": attrs["phase"] + x * 0.35}
         s = cam.scale(y)
         if self.grow > 0:
@@ -63,91 +64,95 @@ class Actor:
         return Obj(self.cls, x, y, s, attrs, self.track_id)
 
 
-def _crossing(cam: Camera, rng, cls: str, t0: float, speed: float, y: float) -> list:
-    s = cam.scale(y)
-    margin = 1.6 * s
-    d = int(rng.choice([-1, 1]))
-    xa, xb = (-margin, cam.size + margin) if d > 0 else (cam.size + margin, -margin)
-    return [(t0, xa, y), (t0 + abs(xb - xa) / speed, xb, y)], d
+@dataclass
+class ClipPlanner:
+    """What a scenario's `plan(planner, rates)` stages a clip with: the camera, the clip's condition and
+    length, one generator, and helpers for where things go. Speeds are px/s at a 192 px frame."""
+
+    cam: Camera
+    cond: Condition
+    seconds: float
+    rng: np.random.Generator
+    actors: list[Actor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.y0, self.y1 = self.cam.ground_range(16.0 * self.cam.size / 192)
+        self._static: list[tuple[float, float, float, float]] = []  # boxes of objects that stay (static)
+
+    @property
+    def minutes(self) -> float:
+        return self.seconds / 60.0
+
+    @property
+    def unit(self) -> float:
+        """px per "192 px frame" px: speeds and distances scale with the frame size."""
+        return self.cam.size / 192
+
+    def count(self, rate: float) -> int:
+        """How many times an event of `rate` per minute happens in this clip (Poisson)."""
+        return int(self.rng.poisson(rate * self.minutes))
+
+    def road_y(self) -> float:
+        cam = self.cam
+        for _ in range(30):
+            y = self.rng.uniform(self.y0, self.y1)
+            if cam.on_road(cam.vanish_x if cam.layout == "perspective" else cam.size / 2, y):
+                return float(y)
+        return float(self.y1)
+
+    def walk_y(self) -> float:
+        cam = self.cam
+        for _ in range(30):
+            x, y = self.rng.uniform(0, cam.size), self.rng.uniform(self.y0, self.y1)
+            if cam.layout == "plaza" or not cam.on_road(x, y):
+                return float(y)
+        return float(self.y0)
+
+    def crossing(self, t0: float, speed: float, y: float) -> tuple[list[tuple[float, float, float]], int]:
+        """Keys of a walk or ride across the whole frame at row y, from a random side; and its direction."""
+        s = self.cam.scale(y)
+        margin = 1.6 * s
+        d = int(self.rng.choice([-1, 1]))
+        xa, xb = (-margin, self.cam.size + margin) if d > 0 else (self.cam.size + margin, -margin)
+        return [(t0, xa, y), (t0 + abs(xb - xa) / (speed * self.unit), xb, y)], d
+
+    def add(self, cls: str, keys: list[tuple[float, float, float]], scenario: str | None = None,
+            facing: int | None = None, **kw) -> Actor:
+        """One actor of class `cls` (its look drawn now); `scenario`: the event it makes, if any."""
+        attrs = sample_attrs(cls, self.rng)
+        if facing is not None:
+            attrs["facing"] = facing
+        a = Actor(len(self.actors) + 1, cls, attrs, keys, scenario, **kw)
+        self.actors.append(a)
+        return a
+
+    def static(self, cls: str, scenario: str | None, rate: float, on_road: bool = False,
+               grow: float = 0.0) -> None:
+        """Objects that appear at a random time and stay to the clip's end (a pile, a stall, a banner)."""
+        half, tall = registry().object_class(cls).extent
+        for _ in range(self.count(rate)):
+            t0 = float(self.rng.uniform(0, self.seconds * 0.7))
+            for _try in range(15):  # two piles on one spot are one pile: find a free spot
+                y = self.road_y() if on_road else self.walk_y()
+                x = float(self.rng.uniform(0.15, 0.85) * self.cam.size)
+                s = self.cam.scale(y)
+                box = (x - half * s, y - tall * s, x + half * s, y)
+                if not any(iou(box, b) > 0.0 for b in self._static):
+                    break
+            else:
+                continue
+            self._static.append(box)
+            self.add(cls, [(t0, x, y), (self.seconds + 1, x, y)], scenario, grow=grow)
 
 
 def plan_clip(cam: Camera, cond: Condition, seconds: float, rng: np.random.Generator,
               rates: dict[str, float]) -> list[Actor]:
-    """Schedule the actors of one clip (rates are events per minute)."""
-    actors: list[Actor] = []
-    y0, y1 = cam.ground_range(16.0 * cam.size / 192)
-    minutes = seconds / 60.0
-    zx0, zy0, zx1, zy1 = cam.no_parking
-
-    def road_y() -> float:
-        for _ in range(30):
-            y = rng.uniform(y0, y1)
-            if cam.on_road(cam.vanish_x if cam.layout == "perspective" else cam.size / 2, y):
-                return float(y)
-        return float(y1)
-
-    def walk_y() -> float:
-        for _ in range(30):
-            x, y = rng.uniform(0, cam.size), rng.uniform(y0, y1)
-            if cam.layout == "plaza" or not cam.on_road(x, y):
-                return float(y)
-        return float(y0)
-
-    def add(cls, keys, scenario=None, **kw) -> Actor:
-        attrs = sample_attrs(cls, rng)
-        if "facing" in kw:
-            attrs["facing"] = kw.pop("facing")
-        a = Actor(len(actors) + 1, cls, attrs, keys, scenario, **kw)
-        actors.append(a)
-        return a
-
-    for _ in range(rng.poisson(rates["riders"] * minutes)):  # riders crossing; some without helmets
-        no_helmet = rng.random() < rates["p_no_helmet"]
-        keys, d = _crossing(cam, rng, "rider", rng.uniform(-2, seconds), rng.uniform(25, 50) * cam.size / 192,
-                            road_y())
-        add("rider_no_helmet" if no_helmet else "rider_helmet", keys,
-            "helmetless_rider" if no_helmet else None, facing=d)
-    for _ in range(rng.poisson(rates["cars"] * minutes)):  # through traffic
-        keys, d = _crossing(cam, rng, "car", rng.uniform(-3, seconds), rng.uniform(35, 70) * cam.size / 192,
-                            road_y())
-        add("car", keys, facing=d)
-    for _ in range(rng.poisson(rates["pedestrians"] * minutes)):
-        keys, d = _crossing(cam, rng, "person", rng.uniform(-5, seconds), rng.uniform(8, 14) * cam.size / 192,
-                            walk_y())
-        add("person", keys, facing=d)
-    for _ in range(rng.poisson(rates["parking"] * minutes)):  # a car pulls into the zone and stays
-        y = float(rng.uniform(max(zy0, y0), min(zy1, y1))) if zy1 > max(zy0, y0) else road_y()
-        xs = float(rng.uniform(zx0 + 0.1 * (zx1 - zx0), zx1 - 0.1 * (zx1 - zx0)))
-        t_in = float(rng.uniform(0, seconds * 0.6))
-        start = -2.0 * cam.scale(y) if rng.random() < 0.5 else cam.size + 2.0 * cam.scale(y)
-        t_stop = t_in + abs(xs - start) / (30 * cam.size / 192)
-        t_leave = t_stop + float(rng.uniform(30, 120))
-        keys = [(t_in, start, y), (t_stop, xs, y), (t_leave, xs, y),
-                (t_leave + abs(xs - start) / (30 * cam.size / 192), start, y)]
-        add("car", keys, "illegal_parking", facing=1 if start < xs else -1, extra={"stop": (t_stop, t_leave)})
-    static = [("garbage", "garbage_pile", rates["garbage"], True),
-              ("vendor_stall", "street_vending", rates["vending"], cond.name in ("dusk", "night")),
-              ("water", "road_waterlogging", rates["waterlogging"], cond.name == "rain")]
-    for cls, scenario, rate, allowed in static:
-        for _ in range(rng.poisson(rate * minutes) if allowed else 0):
-            t0 = float(rng.uniform(0, seconds * 0.7))
-            y = road_y() if cls == "water" else walk_y()
-            x = float(rng.uniform(0.15, 0.85) * cam.size)
-            add(cls, [(t0, x, y), (seconds + 1, x, y)], scenario, grow=20.0 if cls == "water" else 0.0)
-    for g in range(rng.poisson(rates["crowds"] * minutes)):  # people walk in and gather
-        t0 = float(rng.uniform(0, seconds * 0.5))
-        py = walk_y()
-        px, s = float(rng.uniform(0.3, 0.7) * cam.size), cam.scale(py)
-        t_go = t0 + float(rng.uniform(30, 90))
-        for _k in range(int(rng.integers(CROWD_MIN + 1, CROWD_MIN + 5))):
-            side = rng.choice([-1, 1])
-            sx = px + side * rng.uniform(0.6, 1.0) * cam.size
-            tx, ty = px + rng.normal(0, 0.3 * s), py + rng.normal(0, 0.15 * s)
-            walk = abs(tx - sx) / (10 * cam.size / 192)
-            ta = t0 + rng.uniform(0, 4)
-            keys = [(ta, sx, ty), (ta + walk, tx, ty), (t_go, tx, ty), (t_go + walk, sx, ty)]
-            add("person", keys, "crowd_gathering", group=g, extra={"point": (px, py)})
-    return actors
+    """Stage the actors of one clip: every registered scenario's plan, in registry order."""
+    planner = ClipPlanner(cam, cond, seconds, rng)
+    for sc in registry().scenarios.values():
+        if sc.plan is not None:
+            sc.plan(planner, rates)
+    return planner.actors
 
 
 def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: float, fps: float, seed: int,
@@ -168,68 +173,65 @@ def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: floa
     return truth
 
 
-def derive_events(cam: Camera, actors: list[Actor], truth: list[dict], fps: float) -> list[dict]:
-    """Ground-truth events from what the frames show (stream seconds)."""
+def visible_events(scenario: str, actors: list[Actor], truth: list[dict]) -> list[dict]:
+    """The default truth of a scenario: each of its actors' visible interval is one event."""
     seen: dict[int, list[float]] = {}
     for fr in truth:
         for tid in fr["centres"]:
             seen.setdefault(tid, []).append(fr["t"])
+    return [{"scenario": scenario, "start_s": seen[a.track_id][0], "end_s": seen[a.track_id][-1],
+             "track_ids": [a.track_id]} for a in actors if a.scenario == scenario and seen.get(a.track_id)]
+
+
+def derive_events(cam: Camera, actors: list[Actor], truth: list[dict], fps: float,
+                  start: datetime | None = None, condition: str | None = None) -> list[dict]:
+    """Ground-truth events from what the frames show (stream seconds), each scenario's own way, kept
+    only where the scenario is active (its windows at the event's start, in the clip's condition)."""
     events = []
-    for a in actors:
-        times = seen.get(a.track_id)
-        if not times or a.scenario in (None, "crowd_gathering"):
-            continue
-        start, end = times[0], times[-1]
-        if a.scenario == "illegal_parking":
-            t_stop, t_leave = a.extra["stop"]
-            start, end = max(start, t_stop), min(end, t_leave)
-            if end - start < 1.0:
-                continue
-        events.append({"scenario": a.scenario, "start_s": start, "end_s": end, "track_ids": [a.track_id]})
-    groups: dict[int, list[Actor]] = {}
-    for a in actors:
-        if a.group >= 0:
-            groups.setdefault(a.group, []).append(a)
-    for members in groups.values():
-        px, py = members[0].extra["point"]
-        r = CROWD_RADIUS * cam.scale(py)
-        gathered = []
-        for fr in truth:
-            near = [tid for tid in fr["centres"] if tid in {m.track_id for m in members}
-                    and np.hypot(fr["centres"][tid][0] - px, fr["centres"][tid][1] - py) <= max(r, 6)]
-            if len(near) >= CROWD_MIN:
-                gathered.append(fr["t"])
-        if gathered:
-            events.append({"scenario": "crowd_gathering", "start_s": gathered[0], "end_s": gathered[-1],
-                           "track_ids": [m.track_id for m in members]})
+    for sc in registry().scenarios.values():
+        found = sc.truth(cam, actors, truth) if sc.truth else visible_events(sc.name, actors, truth)
+        if start is not None:
+            found = [e for e in found if active(sc.windows, start.timestamp() + e["start_s"], condition)]
+        events += found
     return sorted(events, key=lambda e: e["start_s"])
 
 
-DEFAULT_RATES = {"riders": 5.0, "p_no_helmet": 0.4, "cars": 4.0, "pedestrians": 4.0, "parking": 0.8,
-                 "garbage": 0.6, "vending": 0.8, "waterlogging": 0.8, "crowds": 0.6}
+def default_rates() -> dict[str, float]:
+    """Every registered scenario's clip rates (events per minute), by key."""
+    return dict(registry().rates)
 
 
 def _clip_job(args: tuple) -> dict:
-    domain, seed, k, size, seconds, fps, fmt, out, rates, condition = args
+    domain, seed, k, size, seconds, fps, fmt, out, rates, condition, hour, sites = args
     rng = np.random.default_rng([seed, 91, k])
-    cam = make_camera(f"cam{k:02d}", domain, size, rng)
+    cam = make_camera(f"cam{k:02d}", domain, size, rng, tuple(sites))
     cond = sample_condition(domain, rng, condition)
-    start = EPOCH + timedelta(days=int(rng.integers(0, 28)), hours=float(rng.uniform(*HOURS[cond.name])))
+    day = EPOCH + timedelta(days=int(rng.integers(0, 28)))
+    start = day + timedelta(hours=float(rng.uniform(*HOURS[cond.name]) if hour is None else hour))
     actors = plan_clip(cam, cond, seconds, rng, rates)
     truth = render_clip(cam, cond, actors, seconds, fps, seed * 1000 + k, Path(out) / cam.camera_id / "frames", fmt)
-    events = derive_events(cam, actors, truth, fps)
+    events = derive_events(cam, actors, truth, fps, start, cond.name)
     return {"camera": cam, "condition": cond, "start": start, "truth": truth, "events": events}
 
 
 def generate_video(domain: str, cameras: int, seconds: float, fps: float, seed: int, out: Path,
                    size: int = 192, fmt: str = "jpg", workers: int = 1, mp4: bool = False,
-                   rates: dict | None = None, condition: str | None = None,
-                   progress: Callable[[int], None] | None = None) -> dict:
-    """Write K camera clips: frames, per-camera and combined COCO (with track ids), events.json."""
+                   rates: dict | None = None, condition: str | None = None, hour: float | None = None,
+                   sites: tuple[str, ...] = (), progress: Callable[[int], None] | None = None) -> dict:
+    """Write K camera clips: frames, per-camera and combined COCO (with track ids), events.json.
+
+    `rates` override the scenarios' clip rates (events per minute; unknown keys are an error);
+    `condition` and `hour` (local hour of the clip's start) fix when the clips are taken; `sites`
+    are zone kinds every camera must have (a checkpoint, say)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rates = {**DEFAULT_RATES, **(rates or {})}
-    jobs = [(domain, seed, k, size, seconds, fps, fmt, str(out), rates, condition) for k in range(cameras)]
+    defaults = default_rates()
+    unknown = sorted(set(rates or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown clip rates {unknown} (the scenarios' rates: {', '.join(defaults)})")
+    rates = {**defaults, **(rates or {})}
+    jobs = [(domain, seed, k, size, seconds, fps, fmt, str(out), rates, condition, hour, tuple(sites))
+            for k in range(cameras)]
     coco, rows, events, cams = coco_skeleton(), [], [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     results = pool.map(_clip_job, jobs) if pool else map(_clip_job, jobs)

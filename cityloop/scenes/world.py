@@ -8,16 +8,9 @@ districts, a few camera set-ups); the `field` domain is the real mix the platfor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-
-# What the simulator draws, in COCO category-id order (1-based). Ingest maps classes by name
-# onto the platform's contract (governance.schema), so this list only has to cover it.
-CLASSES: tuple[str, ...] = (
-    "rider_helmet", "rider_no_helmet", "car", "garbage", "vendor_stall", "water", "person",
-)
-CATEGORY_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES)}
 
 # district: palette (BGR-free, RGB 0..255) and layout preferences.
 DISTRICTS: dict[str, dict] = {
@@ -86,7 +79,7 @@ class Camera:
     vanish_x: float
     size: int
     seed: int  # fixes the background (buildings, trees, lamps)
-    no_parking: tuple[float, float, float, float] = (0, 0, 0, 0)  # x0, y0, x1, y1 zone
+    zones: dict = field(default_factory=dict)  # zone kind -> config, from the scenarios' sites (cameras.json)
 
     def scale(self, y: float) -> float:
         """Person height in px for an object standing at image row y."""
@@ -119,7 +112,8 @@ class Camera:
         return asdict(self)
 
 
-def make_camera(camera_id: str, domain: str, size: int, rng: np.random.Generator) -> Camera:
+def make_camera(camera_id: str, domain: str, size: int, rng: np.random.Generator,
+                sites: tuple[str, ...] = ()) -> Camera:
     """Draw a camera set-up of a domain."""
     spec = DOMAINS[domain]
     district = str(rng.choice(spec["districts"]))
@@ -136,19 +130,33 @@ def make_camera(camera_id: str, domain: str, size: int, rng: np.random.Generator
     if layout == "straight":
         a = horizon + ground * rng.uniform(0.30, 0.40)
         road = (a, a + ground * rng.uniform(0.30, 0.40))
-        zone = (size * 0.05, road[0], size * 0.95, road[0] + (road[1] - road[0]) * 0.35)
     elif layout == "perspective":
         road = (0.0, size * rng.uniform(0.45, 0.7))
-        zone = (0, horizon + ground * 0.5, size, size)
     else:
         road = (horizon, size)
-        zone = (size * 0.1, horizon + ground * 0.4, size * 0.9, size)
-    return Camera(
+    cam = Camera(
         camera_id=camera_id, district=district, layout=layout, height=height,
         horizon=float(horizon), s_near=float(s_near), road=tuple(map(float, road)),
         vanish_x=float(size * rng.uniform(0.35, 0.65)), size=size,
-        seed=int(rng.integers(2**31)), no_parking=tuple(map(float, zone)),
+        seed=int(rng.integers(2**31)),
     )
+    return with_sites(cam, domain, sites)
+
+
+def with_sites(cam: Camera, domain: str, force: tuple[str, ...] = ()) -> Camera:
+    """The camera with each registered scenario's site set up (no-parking zones, a checkpoint line...).
+
+    Each unit draws from its own generator (camera seed, unit order), so adding a scenario does not move
+    any other unit's zones. `force`: zone kinds every camera must have (a clip made to show one scenario).
+    """
+    from cityloop.scenarios import registry
+
+    reg, zones = registry(), {}
+    for sc in reg.scenarios.values():
+        if sc.site is not None:
+            rng = np.random.default_rng([cam.seed, reg.order(sc.name), 1])
+            zones.update(sc.site(cam, rng, domain, any(z.name in force for z in sc.zones)))
+    return replace(cam, zones=zones)
 
 
 @dataclass(frozen=True)

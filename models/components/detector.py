@@ -6,15 +6,17 @@ Plain nn.Module: training wraps it in a LightningModule, export and serving use 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from cityloop.scenarios import registry
+
 
 @dataclass
 class DetectorConfig:
-    num_classes: int = 7
+    num_classes: int = field(default_factory=lambda: len(registry().classes))  # one output per class
     width: int = 16  # channels of the first stage; later stages use 2x and 4x
     stride: int = 4  # output cell size in input px
     wh_unit: float = 16.0  # box sizes are predicted as log(size / wh_unit)

@@ -12,9 +12,9 @@ from cityloop.analysis.patrol import PatrolResult, TruthNoise, run_patrol
 from cityloop.scenes.video import generate_video
 
 QUIET = {"riders": 6.0, "p_no_helmet": 0.0, "cars": 6.0, "pedestrians": 8.0, "parking": 0.0, "garbage": 0.0,
-         "vending": 0.0, "waterlogging": 0.0, "crowds": 0.0}  # confusers only: helmeted riders, traffic, walkers
+         "vending": 0.0, "waterlogging": 0.0, "crowds": 0.0, "queues": 0.5}  # confusers only
 BUSY = {"riders": 6.0, "p_no_helmet": 0.5, "cars": 4.0, "pedestrians": 4.0, "parking": 2.0, "garbage": 2.0,
-        "vending": 3.0, "waterlogging": 3.0, "crowds": 2.0}
+        "vending": 3.0, "waterlogging": 3.0, "crowds": 2.0, "queues": 0.0}
 DETECTOR_NOISE = TruthNoise(drop=0.05, jitter_px=0.5, flip=0.05, seed=0)  # what a decent detector looks like
 
 

@@ -29,7 +29,7 @@ def test_patrol_runs_a_model_and_prints_the_metrics(model_ws, clips, tmp_path: P
     assert "1 corrupt frames skipped" in r.output
     res = json.loads(out.read_text())
     assert res["frames"] == 239 and res["corrupt"] == [str(bad)]  # every other frame was analysed
-    assert set(res["metrics"]) >= {"helmetless_rider", "crowd_gathering", "all"}
+    assert set(res["metrics"]) >= {"helmetless_rider", "disorderly_crowd", "all"}
     assert all(e["model_version"] == model_ws.model_id for e in res["events"])
 
 

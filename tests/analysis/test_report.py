@@ -14,8 +14,8 @@ from cityloop.analysis.params import AnalysisParams
 from cityloop.analysis.patrol import patrol_camera
 from cityloop.analysis.report import week_start
 from cityloop.analysis.store import EventStore
-from cityloop.analysis.zones import load_zones, read_cameras
 from cityloop.cli import app
+from cityloop.scenarios.zones import load_zones, read_cameras
 from cityloop.scenes.video import generate_video
 from tests.analysis.conftest import BUSY
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from cityloop.analysis.params import AnalysisParams
-from cityloop.analysis.zones import ZoneError, load_zones
+from cityloop.scenarios.zones import ZoneError, load_zones
 
 
 def test_rectangles_and_polygons():
-    z = load_zones([{"camera_id": "c1", "no_parking": [10, 10, 50, 40]}],
+    z = load_zones([{"camera_id": "c1", "zones": {"no_parking": [10, 10, 50, 40]}}],
                    {"c1": {"vending": [[0, 0], [100, 0], [0, 100]]}})["c1"]
     assert z.inside("no_parking", 20, 20) and not z.inside("no_parking", 60, 20)
     assert z.inside("vending", 10, 10) and not z.inside("vending", 90, 90)
@@ -26,6 +26,6 @@ def test_malformed_zone_config_is_a_clear_error(bad, match):
         load_zones([{"camera_id": "c1"}], bad)
 
 
-def test_params_typos_are_refused():
-    with pytest.raises(ValueError, match="helmet_kk"):
-        AnalysisParams.from_dict({"rules": {"helmet_kk": 3}})
+def test_the_old_rules_section_points_to_the_scenarios_section():
+    with pytest.raises(ValueError, match=r"analysis.rules: .* moved to the `scenarios:` section"):
+        AnalysisParams.from_dict({"rules": {"helmet_k": 3}})

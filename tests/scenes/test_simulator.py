@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cityloop.governance.schema import CATEGORY_IDS, CLASSES
 from cityloop.scenes.frames import iter_frames
 from cityloop.scenes.video import generate_video
-from cityloop.scenes.world import CATEGORY_IDS, CLASSES
 
 
 def digest(frames) -> list[str]:
@@ -79,7 +79,7 @@ def test_video_truth_has_tracks_and_events(clips: Path):
     assert len(cams) == 3 and all(c["frames"] == 180 for c in cams)
     assert len(coco["images"]) == 540
     scenarios = {e["scenario"] for e in events}
-    assert {"helmetless_rider", "illegal_parking", "garbage_pile", "crowd_gathering"} <= scenarios
+    assert {"helmetless_rider", "illegal_parking", "garbage_pile", "disorderly_crowd"} <= scenarios
     for e in events:
         assert 0 <= e["start_s"] <= e["end_s"] <= 90
         assert e["start_ts"] < e["end_ts"] or e["start_s"] == e["end_s"]

@@ -1,0 +1,1 @@
+"""The built-in scenarios, one module each (found by listing this package; ORDER fixes class ids)."""
