@@ -10,6 +10,8 @@ event triggers come from the `stack:` section of params.yaml:
   emits it once `stack.hard_examples_min` new edge frames are pooled) labels that pool version;
 - `train/on-new-labels`: the event `cityloop.dataset.versioned` of the labeled dataset
   (params `labeling.dataset`) fine-tunes `stack.train_parent` on that version;
+- `replan/hourly`: the cron of params `schedule.cron` and the event `cityloop.model.promoted` (the
+  `train` flow emits it on a promotion) re-plan the schedule and apply it to the edge nodes;
 - `ingest/manual`, `hard-examples/inbox`, `release/manual`, `closed-loop/manual`: run from the UI.
 
 Why `serve` rather than a process work pool + worker on one machine: one process, no work pool
@@ -37,8 +39,10 @@ from cityloop.flows.params import READY_FILE, stack_params
 from cityloop.flows.patrol import patrol_flow
 from cityloop.flows.release import release
 from cityloop.flows.reports import weekly_deployment
-from cityloop.flows.training import train_flow
+from cityloop.flows.schedule import replan_flow
+from cityloop.flows.training import MODEL_PROMOTED_EVENT, train_flow
 from cityloop.labeling.params import LabelingParams
+from cityloop.schedule.params import ScheduleParams
 
 TAGS = ["cityloop"]
 
@@ -75,6 +79,7 @@ def build_deployments(root: str | Path | None = None) -> list[RunnerDeployment]:
     root = Path(root or find_root()).resolve()
     sp = stack_params(root)
     labeled = load_section(root, "labeling", LabelingParams).dataset
+    schedule = load_section(root, "schedule", ScheduleParams)
     r = str(root)
     tags = TAGS
 
@@ -130,6 +135,16 @@ def build_deployments(root: str | Path | None = None) -> list[RunnerDeployment]:
             description="Every camera of the stream folder through detector → tracker → rules → event store, "
                         "scored against the streams' truth; nightly on stack.patrol_cron."),
         weekly,
+        replan_flow.to_deployment(
+            name="hourly", parameters={"root": r}, tags=[*tags, "scheduling", "scheduled", "triggered"],
+            schedules=[CronSchedule(cron=schedule.cron, timezone=sp.timezone)],
+            description="Re-plan which scenarios run on which camera, node and model version within each node's "
+                        "budget, and apply it to the nodes; on schedule.cron and on every promotion.",
+            triggers=[DeploymentEventTrigger(
+                name="model promoted → re-plan",
+                description=f"{MODEL_PROMOTED_EVENT}: a new production version may serve scenarios differently.",
+                expect={MODEL_PROMOTED_EVENT}, match={"prefect.resource.id": "cityloop.model.*"},
+                parameters={"root": r})]),
         closed_loop.to_deployment(
             name="manual", parameters={"root": r}, tags=[*tags, "loop"],
             description="The closed loop: rounds of field labels (active beside random) until the field target."),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from cityloop.core.settings import find_root, load_section
 from cityloop.flows.steps import as_task
@@ -35,10 +36,20 @@ def int8_task(root: str, run: dict, onnx_path: str, card: dict, fp32: dict, max_
     return {k: v for k, v in res.items() if k not in ("metrics", "card")}
 
 
+MODEL_PROMOTED_EVENT = "cityloop.model.promoted"  # resource cityloop.model.<name>, payload model (re-plan trigger)
+
+
 @task(name="promote")
 def promote_task(root: str, model_id: str) -> dict:
-    """The promotion gate: target, no condition regression, parity, latency."""
-    return open_gate(Path(root)).promote(model_id).to_dict()
+    """The promotion gate: target, no condition regression, parity, latency; a promotion emits
+    `cityloop.model.promoted` (the schedule re-plans on it)."""
+    decision = open_gate(Path(root)).promote(model_id).to_dict()
+    if decision.get("promoted"):
+        name = model_id.split(":", 1)[0]
+        emit_event(event=MODEL_PROMOTED_EVENT, resource={"prefect.resource.id": f"cityloop.model.{name}",
+                                                         "prefect.resource.name": name},
+                   payload={"model": model_id, "stage": decision.get("to")})
+    return decision
 
 
 def report(model_id: str, run: dict, parity: dict, metrics: dict, decision: dict | None) -> str:

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from tests.conftest import REPO, free_port, git, make_workspace, wait_for
 
 EXPECTED = {"ingest/manual", "hard-examples/inbox", "label/on-hard-examples", "train/on-new-labels",
-            "release/manual", "patrol/nightly", "weekly-report/weekly", "closed-loop/manual"}
+            "release/manual", "patrol/nightly", "weekly-report/weekly", "closed-loop/manual", "replan/hourly"}
 ARTIFACTS = REPO / "reports" / "test-artifacts"
 
 
@@ -262,12 +262,15 @@ def test_deployments_have_names_schedules_triggers_and_described_parameters(work
         missing = [p for p, v in props.items() if not v.get("description")]
         assert not missing, f"{name}: parameters without a description: {missing}"
     sched = {n: [s.schedule for s in d.schedules] for n, d in deps.items() if d.schedules}
-    assert set(sched) == {"patrol/nightly", "weekly-report/weekly"}
+    assert set(sched) == {"patrol/nightly", "weekly-report/weekly", "replan/hourly"}
+    assert sched["replan/hourly"] == [CronSchedule(cron="0 * * * *", timezone="UTC")]  # params schedule.cron
     assert sched["patrol/nightly"] == [CronSchedule(cron="0 2 * * *", timezone="UTC")]
     assert sched["weekly-report/weekly"][0].cron == "0 7 * * 1"  # params report.cron
     assert deps["patrol/nightly"].parameters["streams"] == str(workspace / "data" / "raw" / "field-video")
     trig = {n: d.triggers for n, d in deps.items() if d.triggers}
-    assert set(trig) == {"label/on-hard-examples", "train/on-new-labels"}
+    assert set(trig) == {"label/on-hard-examples", "train/on-new-labels", "replan/hourly"}
+    (replan,) = trig["replan/hourly"]
+    assert replan.expect == {"cityloop.model.promoted"}
     (train,), (label,) = trig["train/on-new-labels"], trig["label/on-hard-examples"]
     assert train.expect == {"cityloop.dataset.versioned"}
     assert train.match.model_dump() == {"prefect.resource.id": "cityloop.dataset.field-labeled"}

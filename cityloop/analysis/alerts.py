@@ -21,10 +21,31 @@ from typing import Any, Protocol
 import httpx
 
 from cityloop.analysis.store import Event, EventStore, event_json
+from cityloop.scenarios import ScenarioError, registry
 
 log = logging.getLogger("cityloop.alerts")
 SECRET_ENV = "CITYLOOP_ALERT_SECRET"
 SIGNATURE_HEADER = "X-Cityloop-Signature"
+
+
+class _Fields(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def alert_text(event: Event) -> str:
+    """The scenario's alert text (its unit's `alert`) filled with the event's fields and details
+    (`{camera_id}`, `{district}`, `{score}`, a crossing's `{direction}`, a crowd's `{size}`...)."""
+    try:
+        template = registry().get(event.scenario).alert
+    except ScenarioError:
+        template = "{scenario} on {camera_id} ({district})"
+    fields = _Fields({**(event.extra or {}), **{k: v for k, v in event.to_dict().items() if k != "extra"}})
+    fields["district"] = event.district or "-"
+    try:
+        return template.format_map(fields)
+    except (ValueError, IndexError, AttributeError):  # a malformed template never loses the alert
+        return f"{event.scenario} on {event.camera_id}"
 
 
 class AlertSink(Protocol):
@@ -41,8 +62,8 @@ class LogSink:
         self.name = name
 
     def send(self, event: Event) -> None:
-        log.warning("ALERT %s %s on %s (score %.2f, event %s)", event.scenario, event.district or "",
-                    event.camera_id, event.score or 0.0, event.id)
+        log.warning("ALERT %s: %s (score %.2f, event %s)", event.scenario, alert_text(event),
+                    event.score or 0.0, event.id)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -63,7 +84,7 @@ class WebhookSink:
         self.client = httpx.Client(timeout=timeout_s)
 
     def send(self, event: Event) -> None:
-        body = event_json(event).encode()
+        body = event_json(event, text=alert_text(event)).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body),
                    "X-Cityloop-Event-Id": event.id}
         err: Exception | None = None

@@ -111,14 +111,16 @@ def _best_truth(ev: Event, s: float, cands: list[dict], first: dict[str, float],
     for t in cands:
         if not t["start_s"] - tol <= s <= t["end_s"] + tol:
             continue
-        overlap = 1.0
+        overlap, visible = 1.0, False
         if boxes is not None and frame is not None and ev.boxes:
             tb = [boxes[(frame, tid)] for tid in t.get("track_ids", []) if (frame, tid) in boxes]
             if tb:
-                overlap = max(iou(tuple(p), g) for p in ev.boxes for g in tb)
+                overlap, visible = max(iou(tuple(p), g) for p in ev.boxes for g in tb), True
                 if overlap <= 0.05:
                     continue
-        key = (t["id"] not in first, overlap)
+        # a truth whose objects are visible under the event's boxes beats one not yet (or no longer) in view,
+        # even when that one is still unmatched: otherwise a second pile appearing later steals the first's hit
+        key = (visible, t["id"] not in first, overlap)
         if best_key is None or key > best_key:
             best, best_key = t, key
     return best

@@ -172,6 +172,10 @@ class EventStore:
         self.engine.dispose()
 
 
-def event_json(e: Event) -> str:
-    """The alert body sinks send (stable key order, so a signature is reproducible)."""
-    return json.dumps(e.to_dict(), sort_keys=True, default=str)
+def event_json(e: Event, text: str | None = None) -> str:
+    """The alert body sinks send (stable key order, so a signature is reproducible); `text`: the
+    scenario's alert text for people (analysis.alerts.alert_text)."""
+    d = e.to_dict()
+    if text is not None:
+        d["text"] = text
+    return json.dumps(d, sort_keys=True, default=str)

@@ -73,6 +73,16 @@ def _mount_scenarios() -> None:
 _mount_scenarios()
 
 
+def _mount_schedule() -> None:
+    from cityloop.cli.schedule import app as schedule_app
+
+    app.add_typer(schedule_app, name="schedule", help="Scheduling: tasks onto edge nodes within their budgets, "
+                  "slot by slot (plan, show, apply, history).")
+
+
+_mount_schedule()
+
+
 def loop_run(
     rounds: Annotated[int | None, typer.Option(help="Labeling rounds after round 0 (default: loop.rounds).")] = None,
     budget: Annotated[int | None, typer.Option(help="Labels per round and lineage (default: loop.budget).")] = None,
@@ -176,6 +186,13 @@ def scenes_generate(
     fps: Annotated[float, typer.Option(min=0.1, help="Frames per second in --video mode.")] = 2.0,
     mp4: Annotated[bool, typer.Option(help="Also pack each clip into an MP4 (--video).")] = False,
     condition: Annotated[str | None, typer.Option(help="Force one condition for all clips (--video).")] = None,
+    hour: Annotated[float | None, typer.Option(min=0, max=24, help="Local hour the clips start at (--video).")] = None,
+    rate: Annotated[list[str] | None, typer.Option(
+        help="KEY=EVENTS_PER_MINUTE, a scenario's clip rate (--video, repeatable; `cityloop scenarios show`).")] = None,
+    site: Annotated[list[str] | None, typer.Option(
+        help="A zone kind every camera gets, e.g. checkpoint (--video, repeatable).")] = None,
+    scenario: Annotated[str | None, typer.Option(
+        help="Render this scenario's positive clip spec (condition, hour, rates, sites; --video).")] = None,
 ) -> None:
     """Render frames (or clips) with COCO ground truth and a metadata table."""
     from cityloop.scenes.frames import generate_frames
@@ -187,9 +204,31 @@ def scenes_generate(
     if fmt not in ("jpg", "png"):
         raise typer.BadParameter("format must be jpg or png", param_hint="--format")
     if video:
+        rates: dict[str, float] = {}
+        sites = list(site or [])
+        if scenario:
+            from cityloop.scenarios import ScenarioError, registry
+
+            try:
+                spec = registry().get(scenario).positive
+            except ScenarioError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--scenario") from None
+            rates, sites = dict(spec.rates), [*spec.sites, *sites]
+            condition = condition or spec.condition
+            hour = spec.hour if hour is None else hour
+        for kv in rate or []:
+            key, _, value = kv.partition("=")
+            try:
+                rates[key] = float(value)
+            except ValueError:
+                raise typer.BadParameter(f"{kv!r}: expected KEY=NUMBER", param_hint="--rate") from None
         with bar(f"clips {domain}", cameras) as advance:
-            summary = generate_video(domain, cameras, seconds, fps, seed, out, size, fmt, workers, mp4,
-                                     condition=condition, progress=advance)
+            try:
+                summary = generate_video(domain, cameras, seconds, fps, seed, out, size, fmt, workers, mp4,
+                                         rates=rates, condition=condition, hour=hour, sites=tuple(sites),
+                                         progress=advance)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--rate") from None
     else:
         with bar(f"frames {domain}", frames) as advance:
             summary = generate_frames(domain, frames, seed, out, size, fmt, workers, progress=advance)

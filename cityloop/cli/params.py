@@ -49,11 +49,13 @@ def section_classes() -> dict[str, type]:
     from cityloop.models.params import TrainSection
     from cityloop.scenarios.settings import ScenariosSection
     from cityloop.scenes.params import GenerateParams
+    from cityloop.schedule.params import ScheduleParams
 
     return {"generate": GenerateParams, "ingest": IngestParams, "gate": GateParams, "train": TrainSection,
             "export": ExportParams, "registry": RegistryParams, "serve": ServeParams, "edge": EdgeParams,
             "release": ReleaseParams, "labeling": LabelingParams, "analysis": AnalysisParams,
-            "scenarios": ScenariosSection, "report": ReportParams, "loop": LoopParams, "stack": StackParams}
+            "scenarios": ScenariosSection, "report": ReportParams, "schedule": ScheduleParams,
+            "loop": LoopParams, "stack": StackParams}
 
 
 def _class_name(cls: type) -> str:

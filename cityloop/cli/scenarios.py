@@ -77,3 +77,44 @@ def show(name: Annotated[str, typer.Argument(help="a scenario name (cityloop sce
         if k not in ("windows", "title"):
             t.add_row(k, str(v))
     print_table(t, console)
+
+
+@app.command("check")
+def check(
+    seed: Annotated[list[int] | None, typer.Option(help="Simulator seeds (repeatable; default 21).")] = None,
+    name: Annotated[list[str] | None, typer.Option(help="Only these scenarios (repeatable; default: all).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Each scenario's rule on its own clips (the simulator's boxes, degraded like a detector's): precision,
+    recall and median time to discovery on its positive clip, false alarms on its confuser clip.
+    Exit 1 when one misses precision >= 0.8, recall >= 0.7, TTD <= 10 s or raises on its confusers."""
+    from rich.progress import Progress
+
+    from cityloop.analysis.params import analysis_params
+    from cityloop.analysis.scenario_check import check_all
+    from cityloop.scenarios import registry
+
+    seeds, names = seed or [21], name or list(registry().names)
+    try:
+        params = analysis_params(find_root())
+    except FileNotFoundError:
+        params = None
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rendering and patrolling clips", total=len(seeds) * len(names))
+        rows = check_all(seeds, names, params, advance=lambda _n: bar.advance(task))
+    if json_out:
+        echo_json([r.to_dict() for r in rows])
+    else:
+        t = Table(title="each scenario on its own clips (simulator boxes, degraded)")
+        for col in ("scenario", "seed", "truth", "hits", "raised", "precision", "recall", "TTD median s",
+                    "confuser alarms", "ok"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r.scenario, str(r.seed), str(r.truth), str(r.hits), str(r.raised),
+                      "-" if r.precision is None else f"{r.precision:.2f}",
+                      "-" if r.recall is None else f"{r.recall:.2f}",
+                      "-" if r.ttd_median_s is None else f"{r.ttd_median_s:.1f}", str(r.confuser_raised),
+                      "yes" if r.ok else "NO")
+        print_table(t, console)
+    if not all(r.ok for r in rows):
+        raise typer.Exit(1)

@@ -4,6 +4,8 @@ hand detections to the analysis layer, select hard examples into the outbox, upl
 State under `<root>/.cityloop/edge/<name>/`:
 
     assignment.json   {"model_version"}: what the center wants this node to serve (rollouts write it)
+    schedule.json     this node's share of a schedule plan (`cityloop schedule apply` writes it): which
+                      cameras, at how many frames/s, with which scenarios; none: every camera, frame, scenario
     status.json       heartbeat, model version, fps, latency, queue depth (`cityloop edge status`)
     server.json       pid/port/tag of the node's `bentoml serve` (adopted again after a crash)
     outbox.db         the durable outbox of hard examples (edge.outbox)
@@ -16,6 +18,7 @@ model_version)` (see `DetectionSink`); issue 6's tracker plugs in with `--sink m
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -36,10 +39,12 @@ from cityloop.core.settings import from_section
 from cityloop.edge.outbox import HardExample, Outbox
 from cityloop.edge.selection import Selector, SelectParams
 from cityloop.edge.streams import Frame, round_robin
+from cityloop.schedule.plan import NodeSchedule, Plan
 
 log = logging.getLogger("cityloop.edge")
 INBOX_TOKEN_ENV = "CITYLOOP_INBOX_TOKEN"
 API_TOKEN_ENV = "CITYLOOP_API_TOKEN"
+SCHEDULE_FILE = "schedule.json"
 
 
 class DetectionSink(Protocol):
@@ -62,13 +67,17 @@ class JsonlSink:
                                   "model_version": model_version, "detections": detections}) + "\n")
 
 
-def load_sink(spec: str | None, node_dir: Path) -> DetectionSink:
-    """`module:attr` (an object with on_detections, or a factory called with the node folder)."""
+def load_sink(spec: str | None, node_dir: Path, streams: list[str] | None = None) -> DetectionSink:
+    """`module:attr` (an object with on_detections, or a factory called with the node folder, and with the
+    node's stream specs when it takes a `streams` argument: where it finds the cameras' zones and clocks)."""
     if not spec:
         return JsonlSink(node_dir / "detections.jsonl")
     mod, _, attr = spec.partition(":")
     obj = getattr(importlib.import_module(mod), attr or "sink")
-    return obj(node_dir) if callable(obj) and not hasattr(obj, "on_detections") else obj
+    if not callable(obj) or hasattr(obj, "on_detections"):
+        return obj
+    takes_streams = "streams" in inspect.signature(obj).parameters
+    return obj(node_dir, streams=list(streams or [])) if takes_streams else obj(node_dir)
 
 
 @dataclass
@@ -194,8 +203,10 @@ class EdgeNode:
         self.state = "starting"
         self.latency: deque[float] = deque(maxlen=200)
         self.frame_times: deque[float] = deque(maxlen=200)
-        self.frames = self.errors = self.selected = 0
+        self.frames = self.errors = self.selected = self.skipped = 0
         self.streams_done = False
+        self.schedule: NodeSchedule | None = None
+        self._schedule_stamp: int | None = None
         self.selector = Selector(cfg.select)
         self.shadow = self._load_shadow(cfg.shadow) if cfg.shadow else None
 
@@ -245,6 +256,31 @@ class EdgeNode:
                                                   "tag": built.tag, "model_version": version})
         self.version, self.tag = version, built.tag
 
+    # ------------------------------------------------------------------ schedule
+    def load_schedule(self) -> None:
+        """(Re)read schedule.json when it changed; without one the node runs every camera, frame and scenario."""
+        path = self.cfg.dir / SCHEDULE_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._schedule_stamp:
+            return
+        self._schedule_stamp = stamp
+        data = read_json(path) if stamp is not None else None
+        if data is None:
+            self.schedule = None
+            return
+        try:
+            self.schedule = NodeSchedule(Plan.from_dict(data), self.cfg.name)
+            log.info("schedule %s: %d tasks", self.schedule.plan.name, len(self.schedule.plan.tasks_of(self.cfg.name)))
+        except (KeyError, TypeError, ValueError) as exc:  # keep what it ran so far
+            log.error("%s is not a schedule plan (%s); keeping the previous one", path, exc)
+
+    def scenarios_for(self, camera_id: str, ts: float) -> frozenset[str] | None:
+        """The analysis layer's assignment: the planned scenarios (None: no schedule, every scenario)."""
+        return self.schedule.assignment(camera_id, ts) if self.schedule is not None else None
+
     # ------------------------------------------------------------------ status
     def status(self, outbox: Outbox | None = None) -> dict:
         lat = np.asarray(self.latency) if self.latency else None
@@ -257,7 +293,8 @@ class EdgeNode:
                 "fps": round(len(recent) / 10, 2) if recent else 0.0,
                 "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
                 "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
-                "frames": self.frames, "errors": self.errors, "selected": self.selected,
+                "frames": self.frames, "errors": self.errors, "selected": self.selected, "skipped": self.skipped,
+                "schedule": self.schedule.report() if self.schedule is not None else None,
                 "queue_depth": ob.get("pending"), "acked": ob.get("acked"), "streams": self.cfg.streams,
                 "streams_done": self.streams_done, "center": self.cfg.center, "heartbeat": now,
                 "stale_s": self.cfg.stale_s}
@@ -303,7 +340,10 @@ class EdgeNode:
             signal.signal(sig, lambda *_: self.stop.set())
         outbox = Outbox(self.cfg.dir / "outbox.db")
         uploader = Uploader(self.cfg, self.stop) if self.cfg.center else None
-        sink = load_sink(self.cfg.sink, self.cfg.dir)
+        sink = load_sink(self.cfg.sink, self.cfg.dir, self.cfg.streams)
+        if getattr(sink, "assignment", False) is None:  # an Analyzer: it runs what the schedule assigns
+            sink.assignment = self.scenarios_for
+        self.load_schedule()
         try:
             self.ensure_server(self.desired_version())
             self.state = "serving"
@@ -316,6 +356,7 @@ class EdgeNode:
                 now = time.monotonic()
                 if now - last_check >= 0.5:
                     last_check = now
+                    self.load_schedule()
                     want = self.desired_version()
                     if want != self.version:
                         self.ensure_server(want)
@@ -328,6 +369,9 @@ class EdgeNode:
                 if frame is None:
                     self.streams_done = True
                     self.stop.wait(0.2)
+                    continue
+                if self.schedule is not None and not self.schedule.take(frame.camera_id, frame.ts):
+                    self.skipped += 1  # not planned now, or not due at the camera's planned frames/s
                     continue
                 self.process(frame, client, outbox, sink)
                 if self.cfg.max_fps > 0:

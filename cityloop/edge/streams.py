@@ -6,9 +6,11 @@ Frames come out as encoded JPEG/PNG bytes (folders pass their files through unto
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -33,11 +35,33 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return (p.stem if p.suffix else p.name) or "camera", spec
 
 
+def stream_clock(folder: Path, camera_id: str) -> tuple[float, float] | None:
+    """(start unix seconds, fps) of a recorded stream folder, from the `cameras.json` beside it (what the
+    simulator and a site's recorder write: `<streams>/cameras.json`, `<streams>/<camera>/frames/`), or None."""
+    folder = Path(folder)
+    names = {camera_id, folder.name, folder.parent.name}
+    for d in (folder, folder.parent, folder.parent.parent):
+        path = d / "cameras.json"
+        if not path.is_file():
+            continue
+        try:
+            cams = json.loads(path.read_text())
+            cam = next(c for c in cams if isinstance(c, dict) and c.get("camera_id") in names)
+            return datetime.fromisoformat(cam["start_ts"]).timestamp(), float(cam["fps"])
+        except (ValueError, TypeError, KeyError, StopIteration, OSError):
+            return None
+    return None
+
+
 def folder_frames(camera_id: str, folder: Path) -> Iterator[Frame]:
-    """Images under folder (recursively, sorted) as frames."""
+    """Images under folder (recursively, sorted) as frames, stamped with stream time: the recording's start
+    plus index / fps when a cameras.json describes it (so dwell times, windows and a schedule's sampling
+    see the camera's clock), else each file's modification time."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    clock = stream_clock(Path(folder), camera_id)
     for i, p in enumerate(files):
-        yield Frame(camera_id, i, p.stat().st_mtime, p.read_bytes())
+        ts = clock[0] + i / clock[1] if clock and clock[1] > 0 else p.stat().st_mtime
+        yield Frame(camera_id, i, ts, p.read_bytes())
 
 
 def capture_frames(camera_id: str, uri: str, quality: int = 90) -> Iterator[Frame]:

@@ -12,6 +12,7 @@ tracker that builds them (cityloop.analysis.tracker) and this package stays on t
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,9 +120,9 @@ Rule = Callable[[list[Track], float, Any, CameraContext], list[Candidate]]
 
 def per_track(fn: Callable[[Track, float, Any, CameraContext], Candidate | None]) -> Rule:
     """A rule from a function of one track (most rules)."""
+    @functools.wraps(fn)
     def rule(seen: list[Track], ts: float, p: Any, ctx: CameraContext) -> list[Candidate]:
         return [c for tr in seen if (c := fn(tr, ts, p, ctx)) is not None]
-    rule.__doc__ = fn.__doc__
     return rule
 
 

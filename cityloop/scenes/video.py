@@ -101,12 +101,16 @@ class ClipPlanner:
         return float(self.y1)
 
     def walk_y(self) -> float:
+        return self.walk_xy()[1]
+
+    def walk_xy(self, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
+        """A ground point off the carriageway (x within [lo, hi] of the frame's width)."""
         cam = self.cam
         for _ in range(30):
-            x, y = self.rng.uniform(0, cam.size), self.rng.uniform(self.y0, self.y1)
+            x, y = self.rng.uniform(lo, hi) * cam.size, self.rng.uniform(self.y0, self.y1)
             if cam.layout == "plaza" or not cam.on_road(x, y):
-                return float(y)
-        return float(self.y0)
+                return float(x), float(y)
+        return float(self.rng.uniform(lo, hi) * cam.size), float(self.y0)
 
     def crossing(self, t0: float, speed: float, y: float) -> tuple[list[tuple[float, float, float]], int]:
         """Keys of a walk or ride across the whole frame at row y, from a random side; and its direction."""
@@ -133,8 +137,10 @@ class ClipPlanner:
         for _ in range(self.count(rate)):
             t0 = float(self.rng.uniform(0, self.seconds * 0.7))
             for _try in range(15):  # two piles on one spot are one pile: find a free spot
-                y = self.road_y() if on_road else self.walk_y()
-                x = float(self.rng.uniform(0.15, 0.85) * self.cam.size)
+                if on_road:
+                    x, y = float(self.rng.uniform(0.15, 0.85) * self.cam.size), self.road_y()
+                else:  # on the pavement at this very x (a perspective road is not a horizontal band)
+                    x, y = self.walk_xy(0.15, 0.85)
                 s = self.cam.scale(y)
                 box = (x - half * s, y - tall * s, x + half * s, y)
                 if not any(iou(box, b) > 0.0 for b in self._static):

@@ -53,11 +53,14 @@ def test_dashboard_shows_events_versions_and_accuracy_in_chromium(dashboard: Das
             page.goto(dashboard.url, timeout=30_000)
             events = page.inner_text("#events")
             cameras = page.inner_text("#cameras")
+            scenarios = page.inner_text("#scenarios")
             body = page.inner_text("body")
             page.screenshot(path=str(SHOT), full_page=True)
         finally:
             browser.close()
-    assert "street_vending" in events and "truth" in events  # live events with their model version
+    assert "Street vending at night" in events and "truth" in events  # live events, human names, model version
+    from cityloop.scenarios import registry
+    assert all(sc.title in scenarios for sc in registry().scenarios.values())  # every scenario has its row
     assert "gate-cam" in cameras and "cityloop-detector:v2" in cameras and "up" in cameras  # node's camera
     assert model_ws.model_id in body  # the registry's versions on the accuracy panel
     assert SHOT.stat().st_size > 10_000

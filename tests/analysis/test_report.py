@@ -52,11 +52,12 @@ def test_weekly_report_shows_the_drop_in_helmetless_riding(two_weeks: Path, tmp_
                                  "--out", str(tmp_path / "weekly")])
     assert r.exit_code == 0, r.output
     page = (tmp_path / "weekly" / WEEK / "index.html").read_text()
-    row = page[page.index("<td>helmetless_rider</td>"):].split("</tr>")[0]
+    row = page[page.index("<td>E-bike rider without helmet</td>"):].split("</tr>")[0]
     assert 'class="down">▼' in row  # the drop is shown, in the "down" style
     pct = float(row.split("▼")[1].split("%")[0])
     assert pct >= 50.0
-    assert f"helmetless_rider fell {pct:.1f}%" in page and f"helmetless_rider fell {pct:.1f}%" in r.output
+    headline = f"E-bike rider without helmet fell {pct:.1f}%"  # human scenario names (the unit's title)
+    assert headline in page and headline in r.output
     for png in ("scenarios.png", "daily.png"):
         assert (tmp_path / "weekly" / WEEK / png).read_bytes()[:4] == b"\x89PNG"
     assert "cityloop-detector:v1" in page  # model versions in use

@@ -97,3 +97,18 @@ def test_a_windowed_scenario_is_silent_outside_its_window(scenario_clips, tmp_pa
     res = run_patrol(Path("."), day, "truth", AnalysisParams(), f"sqlite:///{tmp_path}/e.db")
     assert not [e for e in res.events if e["scenario"] == "street_vending"]
     assert res.events, "the other rules still ran (pedestrians, riders...)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alerts_read_as_the_unit_says(name: str, scenario_clips):
+    """Each raised event's alert text is its unit's template, every field filled (crowd size, direction...)."""
+    from cityloop.analysis.alerts import alert_text
+    from cityloop.analysis.store import Event
+
+    _clip, res = scenario_clips[(name, "positive")]
+    events = [e for e in res.events if e["scenario"] == name]
+    assert events
+    for e in events:
+        ev = Event(**{k: v for k, v in e.items() if k in Event.__dataclass_fields__})
+        text = alert_text(ev)
+        assert "?" not in text and e["camera_id"] in text, text

@@ -28,7 +28,8 @@ class Params:
     link: float = 0.8  # ... each within L person-heights of another ...
     t_s: float = 3.0  # ... for T
     max_speed: float = 0.15  # person-heights per second: faster members are walking past
-    queue_ratio: float = 0.3  # spread across / along the group's main axis under this: a queue (orderly)
+    queue_ratio: float = 0.3  # spread across / along the group's main axis under this ...
+    queue_gap: float = 0.25  # ... and neighbours along it at least this many heights apart: a queue (orderly)
 
 
 def walker_attrs(rng: np.random.Generator) -> dict:
@@ -79,13 +80,15 @@ def groups(persons: list[Track], n: int, link: float) -> list[list[Track]]:
     return out
 
 
-def form(group: list[Track], queue_ratio: float) -> str:
-    """"queue" when the members stand along a line, else "cluster"."""
+def form(group: list[Track], queue_ratio: float, min_gap: float = 0.25) -> str:
+    """"queue" when the members stand along a line, each a step apart (spread across the line under
+    `queue_ratio` of the spread along it, neighbours at least `min_gap` heights apart), else "cluster"."""
     pts = np.array([ground(t.box) for t in group], float)
     h = float(np.mean([t.box[3] - t.box[1] for t in group]))
-    ev = np.sort(np.linalg.eigvalsh(np.cov(pts.T) + 1e-9 * np.eye(2)))
-    across, along = float(np.sqrt(max(ev[0], 0.0))), float(np.sqrt(ev[1]))
-    return "queue" if along > 0.5 * h and across <= queue_ratio * along else "cluster"
+    vals, vecs = np.linalg.eigh(np.cov(pts.T) + 1e-9 * np.eye(2))
+    across, along = float(np.sqrt(max(vals[0], 0.0))), float(np.sqrt(max(vals[1], 0.0)))
+    gaps = np.diff(np.sort(pts @ vecs[:, 1]))
+    return "queue" if across <= queue_ratio * along and gaps.min() >= min_gap * h else "cluster"
 
 
 def rule(seen: list[Track], ts: float, p: Params, ctx: CameraContext) -> list[Candidate]:
@@ -104,12 +107,18 @@ def rule(seen: list[Track], ts: float, p: Params, ctx: CameraContext) -> list[Ca
                       <= p.link * h and ts - c["last_ts"] <= 1.5 and c["last_ts"] < ts), None)
         if crowd is None:
             state["ids"] += 1
-            crowd = {"key": f"c{state['ids']}", "centre": (cx, cy), "since_ts": ts, "last_ts": ts}
+            crowd = {"key": f"c{state['ids']}", "centre": (cx, cy), "since_ts": ts, "last_ts": ts,
+                     "cluster_since": None}
             state["open"].append(crowd)
         crowd["centre"], crowd["last_ts"] = (cx, cy), ts
-        shape = form(group, p.queue_ratio)
-        if shape == "cluster" and ts - crowd["since_ts"] >= p.t_s - 1e-6:
-            out.append(Candidate("disorderly_crowd", crowd["key"], crowd["since_ts"], [t.box for t in group],
+        shape = form(group, p.queue_ratio, p.queue_gap)
+        if shape == "queue":  # orderly now: a cluster must hold for t_s from here on
+            crowd["cluster_since"] = None
+        elif crowd.get("cluster_since") is None:
+            crowd["cluster_since"] = ts
+        since = crowd.get("cluster_since")
+        if since is not None and ts - since >= p.t_s - 1e-6:
+            out.append(Candidate("disorderly_crowd", crowd["key"], since, [t.box for t in group],
                                  sum(t.history[-1].score for t in group) / len(group),
                                  detail={"form": shape, "size": len(group)}))
     state["open"] = [c for c in state["open"] if ts - c["last_ts"] <= 1.5]
