@@ -76,8 +76,8 @@ def make_annotations(n: int = N_FRAMES) -> pd.DataFrame:
     """Two boxes per frame, classes rotating so each class is on ~11 frames."""
     rows = []
     for i in range(n):
-        rows.append(box(len(rows) + 1, i, CLASSES[i % 7], x=10.0, y=10.0))
-        rows.append(box(len(rows) + 1, i, CLASSES[(i + 3) % 7], x=100.0, y=120.0, w=60, h=40))
+        rows.append(box(len(rows) + 1, i, CLASSES[i % len(CLASSES)], x=10.0, y=10.0))
+        rows.append(box(len(rows) + 1, i, CLASSES[(i + 3) % len(CLASSES)], x=100.0, y=120.0, w=60, h=40))
     return pd.DataFrame(rows)
 
 
