@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cityloop.governance.schema import CLASSES
 from cityloop.models.card import ModelCard, OutputSpec
 from cityloop.models.components.detector import Detector, DetectorConfig
 from cityloop.models.export import check_parity, export_onnx, has_external_data, quantize_int8, split_reduce_means
@@ -109,7 +110,7 @@ def test_dynamic_batch(onnx_path: Path, card: ModelCard, images: list[np.ndarray
     x = preprocess((images * 2)[:batch], card.input)
     heat, wh, off = sess.run(list(NAMES), {card.input.name: x})
     h, w = card.input.height // 4, card.input.width // 4
-    assert heat.shape == (batch, 7, h, w)
+    assert heat.shape == (batch, len(CLASSES), h, w)  # one heat map per registered class
     assert wh.shape == off.shape == (batch, 2, h, w)
     assert np.isfinite(heat).all() and (wh > 0).all()
 
@@ -170,7 +171,7 @@ def test_int8(onnx_path: Path, card: ModelCard, images: list[np.ndarray], tmp_pa
     q = OnnxDetector(out, card).raw(x)
     f = OnnxDetector(onnx_path, card).raw(x)
     h, w = card.input.height // 4, card.input.width // 4
-    assert [o.shape for o in q] == [(3, 7, h, w), (3, 2, h, w), (3, 2, h, w)]
+    assert [o.shape for o in q] == [(3, len(CLASSES), h, w), (3, 2, h, w), (3, 2, h, w)]
     for a, b in zip(q, f):
         assert np.isfinite(a).all()
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9  # quantized, not broken
