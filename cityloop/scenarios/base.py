@@ -83,6 +83,15 @@ class Track:
         return ts - self.first_ts >= t - 1e-6
 
 
+def visible_times(frames: Sequence[Mapping[str, Any]]) -> dict[int, list[float]]:
+    """track id -> the clip times (s) of the rendered frames it is visible in (the simulator's per-frame truth)."""
+    seen: dict[int, list[float]] = {}
+    for fr in frames:
+        for tid in fr["centres"]:
+            seen.setdefault(tid, []).append(fr["t"])
+    return seen
+
+
 def ground(b: Sequence[float]) -> tuple[float, float]:
     """The ground point of an object: its box's bottom centre."""
     return (b[0] + b[2]) / 2, b[3]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cityloop.core.geometry import iou
 from cityloop.scenarios import registry
-from cityloop.scenarios.base import active
+from cityloop.scenarios.base import active, visible_times
 from cityloop.scenes.frames import EPOCH, HOURS, add_to_coco, coco_skeleton, render_scene
 from cityloop.scenes.render import Obj, encode, render_background, sample_attrs
 from cityloop.scenes.world import Camera, Condition, make_camera, sample_condition
@@ -181,10 +181,7 @@ def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: floa
 
 def visible_events(scenario: str, actors: list[Actor], truth: list[dict]) -> list[dict]:
     """The default truth of a scenario: each of its actors' visible interval is one event."""
-    seen: dict[int, list[float]] = {}
-    for fr in truth:
-        for tid in fr["centres"]:
-            seen.setdefault(tid, []).append(fr["t"])
+    seen = visible_times(truth)
     return [{"scenario": scenario, "start_s": seen[a.track_id][0], "end_s": seen[a.track_id][-1],
              "track_ids": [a.track_id]} for a in actors if a.scenario == scenario and seen.get(a.track_id)]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cityloop.scenarios.base import CameraContext, Candidate, ClipSpec, Scenario, Track, ZoneKind, ground
+from cityloop.scenarios.base import CameraContext, Candidate, ClipSpec, Scenario, Track, ZoneKind, ground, visible_times
 from cityloop.scenes.draw import AA, pt, shade
 
 ORDER = 90
@@ -263,10 +263,7 @@ def truth(cam, actors, frames) -> list[dict]:
     if not cfg:
         return []
     ln = parse_line(cfg, "checkpoint")
-    seen: dict[int, list[float]] = {}
-    for fr in frames:
-        for tid in fr["centres"]:
-            seen.setdefault(tid, []).append(fr["t"])
+    seen = visible_times(frames)
     out = []
     for a in actors:
         if a.scenario != "checkpoint_breach" or not seen.get(a.track_id):

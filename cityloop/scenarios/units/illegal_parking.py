@@ -19,6 +19,7 @@ from cityloop.scenarios.base import (
     ZoneKind,
     ground,
     per_track,
+    visible_times,
 )
 from cityloop.scenes.draw import AA, CAR_COLORS, Box, Light, Obj, pt, shade
 
@@ -132,10 +133,7 @@ def plan(p, rates: dict) -> None:
 
 def truth(cam, actors, frames) -> list[dict]:
     """A parked car is an event while it stands still (visible, between stopping and leaving)."""
-    seen: dict[int, list[float]] = {}
-    for fr in frames:
-        for tid in fr["centres"]:
-            seen.setdefault(tid, []).append(fr["t"])
+    seen = visible_times(frames)
     out = []
     for a in actors:
         if a.scenario != "illegal_parking" or not seen.get(a.track_id):
