@@ -182,9 +182,5 @@ def registry() -> Registry:
     return validate(_builtin() + _plugins())
 
 
-def classes() -> tuple[str, ...]:
-    return registry().classes
-
-
 __all__ = ["CONDITIONS", "ClipSpec", "ObjectClass", "Registry", "Scenario", "ScenarioError", "Window", "ZoneKind",
-           "classes", "registry", "validate"]
+           "registry", "validate"]
