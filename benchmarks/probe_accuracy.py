@@ -32,17 +32,18 @@ from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # n
 SECTION = "## Detector ceiling"
 
 
-def render(domain: str, n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+def render(domain: str, n: int, seed: int, size: int, workers: int = 2
+           ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """RGB frames, per frame (N, 5) boxes [x0, y0, x1, y1, class index], and their COCO truth."""
     from cityloop.governance.schema import CLASSES
     from cityloop.scenes.frames import add_to_coco, coco_skeleton, iter_frames
 
     imgs, boxes, coco = [], [], coco_skeleton()
-    for fr in iter_frames(domain, n, seed, 192, "jpg", 1):
+    for fr in iter_frames(domain, n, seed, size, "jpg", workers):
         imgs.append(cv2.imdecode(np.frombuffer(fr.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy())
         b = [(x0, y0, x1, y1, CLASSES.index(c)) for c, (x0, y0, x1, y1), _ in fr.boxes]
         boxes.append(np.asarray(b, np.float32).reshape(-1, 5))
-        add_to_coco(coco, fr.name, 192, fr.boxes, {})
+        add_to_coco(coco, fr.name, size, fr.boxes, {})
     return imgs, boxes, coco
 
 
@@ -54,41 +55,51 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
     from cityloop.models.evaluate import evaluate
     from cityloop.models.runtime import Detection, decode_centernet
 
+    was_training = model.training
     model.eval()
     preds: dict[int, list] = {}
     with torch.no_grad():
-        for s in range(0, len(imgs), 64):
-            x = torch.from_numpy(np.stack(imgs[s : s + 64]).transpose(0, 3, 1, 2).copy()).float() / 255
-            outs = [o.numpy() for o in model(x)]
+        for s in range(0, len(imgs), 32):
+            x = torch.from_numpy(np.stack(imgs[s : s + 32]).transpose(0, 3, 1, 2).copy()).float() / 255
+            outs = [o.float().numpy() for o in model(x)]
             for b, rows in enumerate(decode_centernet(*outs, OutputSpec())):
                 preds[s + b + 1] = [Detection(float(x0), float(y0), float(x1), float(y1), float(sc), int(lab),
                                               CLASSES[int(lab)]) for x0, y0, x1, y1, sc, lab in rows]
-    model.train()
+    model.train(was_training)
     r = evaluate(coco, preds)
     return r["mAP50"], r["per_class"]
 
 
-def run(frames: int, marks: list[int], width: int, lr: float, threads: int) -> list[Row]:
+def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
+        bench_frames: int, domain: str = "field") -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
     from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.data import Augment, draw_targets
-    from cityloop.models.module import detection_loss
+    from cityloop.models.module import detection_loss, ema_model, fast_cpu
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    tr_i, tr_b, _ = render("field", frames, 50)
-    be_i, _, be_coco = render("field", 400, 1)
-    log(f"rendered {frames} + 400 frames in {time.perf_counter() - t0:.0f} s")
+    tr_i, tr_b, _ = render(domain, frames, 50, size, threads)
+    be_i, _, be_coco = render("field", bench_frames, 1, size, threads)
+    evals = {"field": (be_i, be_coco)}
+    if domain != "field":  # a lab-trained (launch) model: also its own domain, frames it never saw
+        lab_i, _, lab_coco = render(domain, bench_frames, 1000, size, threads)
+        evals = {domain: (lab_i, lab_coco), **evals}
+    log(f"rendered {frames} {domain} + {bench_frames} field frames of {size} px in {time.perf_counter() - t0:.0f} s")
     aug, rng = Augment(), np.random.default_rng(0)
     model = Detector(DetectorConfig(width=width))
+    bf16, fmt = fast_cpu(precision)
+    model = model.to(memory_format=fmt)
+    ema = ema_model(model)
     epochs, bs = max(marks), 32
     steps = len(tr_i) // bs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
     rows: list[Row] = []
+    log(f"training {sum(p.numel() for p in model.parameters()):,} parameters, bf16 autocast {bf16}")
     t0 = time.perf_counter()
     for ep in range(1, epochs + 1):
         perm = rng.permutation(len(tr_i))
@@ -97,19 +108,24 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int) -> l
             for i in perm[s * bs : (s + 1) * bs]:
                 img, bx = aug(tr_i[i], tr_b[i][:, :4].copy(), rng)
                 xs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255)
-                ts.append(draw_targets(bx, tr_b[i][:, 4].astype(np.int64), len(CLASSES), (192, 192), 4, 16.0))
+                ts.append(draw_targets(bx, tr_b[i][:, 4].astype(np.int64), len(CLASSES), (size, size), 4, 16.0))
             targets = {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
-            loss = detection_loss(model.forward_raw(torch.stack(xs)), targets)["loss"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model.forward_raw(torch.stack(xs).contiguous(memory_format=fmt))
+            loss = detection_loss(tuple(o.float() for o in out), targets)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            ema.update_parameters(model)
         if ep in marks:
-            m, per_class = evaluate_model(model, be_i, be_coco)
-            pcs = ", ".join(f"{k} {v:.2f}" for k, v in per_class.items())
-            log(f"epoch {ep}: mAP@0.5 {m:.3f} ({pcs})")
-            rows.append(Row(f"field mAP@0.5 after {ep} of {epochs} epochs ({frames} truth-labeled frames)", m, "",
-                            f"{time.perf_counter() - t0:.0f} s; {pcs}"))
+            for name, (imgs, coco) in evals.items():
+                m, per_class = evaluate_model(ema.module, imgs, coco)
+                pcs = ", ".join(f"{k} {v:.2f}" for k, v in per_class.items())
+                log(f"epoch {ep} ({time.perf_counter() - t0:.0f} s): {name} mAP@0.5 {m:.3f} ({pcs})")
+                rows.append(Row(f"{name} mAP@0.5 after {ep} of {epochs} epochs ({frames} truth-labeled {domain} "
+                                f"frames)", m, "", f"{time.perf_counter() - t0:.0f} s; min class "
+                                f"{min(per_class.values()):.2f}; {pcs}"))
     return rows
 
 
@@ -120,11 +136,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=16, help="detector width (params train.width)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=None, help="frame size in px (default: params generate.size)")
+    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"],
+                   help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else float32")
+    p.add_argument("--domain", default="field", choices=["field", "lab"],
+                   help="train on field frames (the ceiling) or lab frames (the launch model; scored on both)")
+    p.add_argument("--bench-frames", type=int, default=400, help="field-bench-like frames scored (seed 1)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load = command_line(), loadavg()
     t0 = time.perf_counter()
-    rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads)
+    if args.size is None:
+        from cityloop.core.settings import load_params
+
+        args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
+    rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
+               args.size, args.precision, args.bench_frames, args.domain)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

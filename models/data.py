@@ -155,8 +155,10 @@ class GovernedDataModule(pl.LightningDataModule):
 
     def __init__(self, root: Path, version: str, holdout: tuple[str, ...] = (), replay: tuple[str, ...] = (),
                  replay_ratio: float = 0.5, batch_size: int = 32, num_workers: int = 0,
-                 augment: Augment | None = None, max_train: int | None = None, seed: int = 0) -> None:
+                 augment: Augment | None = None, max_train: int | None = None, seed: int = 0,
+                 size: int = 192) -> None:
         super().__init__()
+        self.size = (size, size)
         self.root, self.version, self.holdout, self.replay = Path(root), version, holdout, replay
         self.replay_ratio, self.batch_size, self.num_workers = replay_ratio, batch_size, num_workers
         self.augment, self.max_train, self.seed = augment or Augment(), max_train, seed
@@ -191,8 +193,8 @@ class GovernedDataModule(pl.LightningDataModule):
         if not len(train):
             raise ValueError(f"{self.version} has no labeled train frames")
         data = self.root / "data"
-        self.train_set = FrameDataset(data, train, coco, augment=self.augment)
-        self.val_set = FrameDataset(data, val if len(val) else train.head(64), coco)
+        self.train_set = FrameDataset(data, train, coco, self.size, augment=self.augment)
+        self.val_set = FrameDataset(data, val if len(val) else train.head(64), coco, self.size)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers,

@@ -50,7 +50,8 @@ def build_card(root: Path, data: str, parent: str | None, params: dict, score_th
     """The card of a cityloop-trained detector (version assigned by the registry)."""
     return ModelCard(
         name=MODEL_NAME, version="", vendor="cityloop", classes=list(CLASSES),
-        input=InputSpec(), output=OutputSpec(score_threshold=score_threshold),
+        input=InputSpec(height=int(params.get("size", 192)), width=int(params.get("size", 192))),
+        output=OutputSpec(score_threshold=score_threshold),
         dataset=data, git_commit=git_commit(root), parent=parent, extra={"train_params": params},
     )
 

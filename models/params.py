@@ -17,6 +17,9 @@ class TrainParams:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     width: int = 16
+    size: int = 192  # detector input in px (square); frames of another size are resized to it
+    precision: str = "auto"  # auto: bf16 autocast where the CPU runs bf16 natively (AVX512-BF16/AMX) | 32 | bf16
+    ema: bool = True  # keep an exponential moving average of the weights (what is validated and exported)
     num_workers: int = 0
     replay_ratio: float = 0.4  # share of replayed earlier frames when fine-tuning
     max_train: int | None = None  # cap on train frames (shrunk configs)

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from cityloop.models.components.detector import Detector
 from cityloop.models.data import Augment, GovernedDataModule
-from cityloop.models.module import DetectorModule, load_weights
+from cityloop.models.module import EMA, DetectorModule, fast_cpu, load_weights
 from cityloop.models.params import TrainParams
 
 
@@ -68,14 +68,18 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.exists()
     dm = GovernedDataModule(root, data, holdout, replay, params.replay_ratio, params.batch_size,
-                            params.num_workers, Augment(), params.max_train, params.seed)
+                            params.num_workers, Augment(), params.max_train, params.seed, size=params.size)
     module = DetectorModule(params.width, params.lr, params.weight_decay, params.epochs)
     if parent_weights and not resumed:
         load_weights(module.model, parent_weights)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,
                            save_top_k=1, monitor="val/loss", auto_insert_metric_name=False)
+    if params.precision not in ("auto", "32", "bf16"):
+        raise ValueError(f"train.precision must be auto, 32 or bf16, not {params.precision!r}")
+    bf16, _ = fast_cpu(params.precision)
     trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs"),
-                         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
+                         precision="bf16-mixed" if bf16 else "32-true",
+                         callbacks=[ckpt, *([EMA()] if params.ema else [])], enable_progress_bar=progress, enable_model_summary=False,
                          limit_train_batches=params.limit_train_batches, log_every_n_steps=5,
                          num_sanity_val_steps=0, deterministic=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)

@@ -48,12 +48,12 @@ CAMERA_HEIGHTS: dict[str, tuple[float, float]] = {
 }
 
 DOMAINS: dict[str, dict] = {
-    "lab": dict(
-        districts=("longgang-old", "bantian-tech"),
-        layouts=("straight",),
-        heights=("mid",),
+    "lab": dict(  # a vendor's training set: many streets, every layout and mounting height, in good light
+        districts=("longgang-old", "bantian-tech", "buji-market", "jihua-residential"),
+        layouts=("straight", "perspective", "plaza"),
+        heights=tuple(CAMERA_HEIGHTS),
         conditions={"day": 1.0},
-        blur_p=0.0, jpeg=(90, 95), noise=(0.0, 2.0), n_cameras=3,
+        blur_p=0.0, jpeg=(90, 95), noise=(0.0, 2.0), n_cameras=12,
     ),
     "field": dict(
         districts=tuple(DISTRICTS),

@@ -17,9 +17,12 @@ from cityloop.scenarios import registry
 @dataclass
 class DetectorConfig:
     num_classes: int = field(default_factory=lambda: len(registry().classes))  # one output per class
-    width: int = 16  # channels of the first stage; later stages use 2x and 4x
+    width: int = 16  # channels of the first stage; later stages widen (STAGE_MULT)
     stride: int = 4  # output cell size in input px
     wh_unit: float = 16.0  # box sizes are predicted as log(size / wh_unit)
+
+
+STAGE_MULT = (2, 4, 6, 8)  # channels of the /4, /8, /16, /32 stages, in units of width
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -38,6 +41,10 @@ class Block(nn.Sequential):
 class Detector(nn.Module):
     """Input (B, 3, H, W) RGB scaled to 0..1; outputs heatmap logits, box size (px), centre offset.
 
+    A plain-conv backbone down to /32 (a 320 px frame's cars and stalls need its receptive field),
+    a top-down FPN back to /4, and one shared 3x3 head trunk under the three 1x1 outputs (at /4 the
+    heads would otherwise cost more than the backbone).
+
     Each image is standardised by its own mean and std inside the graph, so a dark night frame
     and a bright day frame reach the backbone on the same scale.
     """
@@ -46,28 +53,34 @@ class Detector(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or DetectorConfig()
         w = cfg.width
+        c4, c8, c16, c32 = (m * w for m in STAGE_MULT)
         self.stem = conv_bn(3, w, 2)  # /2
-        self.s4 = Block(w, 2 * w, 2)  # /4
-        self.s8 = Block(2 * w, 4 * w, 2)  # /8
-        self.s16 = Block(4 * w, 4 * w, 2)  # /16
-        self.lat8 = nn.Conv2d(4 * w, 2 * w, 1)
-        self.lat16 = nn.Conv2d(4 * w, 2 * w, 1)
-        self.fuse = conv_bn(2 * w, 2 * w)
-        self.heat = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, cfg.num_classes, 1))
-        self.wh = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
-        self.off = nn.Sequential(conv_bn(2 * w, 2 * w), nn.Conv2d(2 * w, 2, 1))
-        nn.init.constant_(self.heat[-1].bias, -math.log((1 - 0.1) / 0.1))  # prior p=0.1 (focal loss)
+        self.s4 = Block(w, c4, 2)  # /4
+        self.s8 = Block(c4, c8, 2)  # /8
+        self.s16 = Block(c8, c16, 2)  # /16
+        self.s32 = Block(c16, c32, 2)  # /32
+        self.lat8 = nn.Conv2d(c8, c4, 1)
+        self.lat16 = nn.Conv2d(c16, c4, 1)
+        self.lat32 = nn.Conv2d(c32, c4, 1)
+        self.fuse = conv_bn(c4, c4)
+        self.trunk = conv_bn(c4, c4)
+        self.heat = nn.Conv2d(c4, cfg.num_classes, 1)
+        self.wh = nn.Conv2d(c4, 2, 1)
+        self.off = nn.Conv2d(c4, 2, 1)
+        nn.init.constant_(self.heat.bias, -math.log((1 - 0.1) / 0.1))  # prior p=0.1 (focal loss)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True) + 1e-3
         x = (x - mean) / std
         f4 = self.s4(self.stem(x))  # (B, 2w, H/4, W/4)
-        f8 = self.s8(f4)  # (B, 4w, H/8, W/8)
-        f16 = self.s16(f8)  # (B, 4w, H/16, W/16)
-        up16 = nn.functional.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest")
-        up8 = nn.functional.interpolate(self.lat8(f8) + up16, scale_factor=2.0, mode="nearest")
-        return self.fuse(f4 + up8)  # (B, 2w, H/4, W/4)
+        f8 = self.s8(f4)
+        f16 = self.s16(f8)
+        f32 = self.s32(f16)
+        up = nn.functional.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
+        up = nn.functional.interpolate(self.lat16(f16) + up, size=f8.shape[-2:], mode="nearest")
+        up = nn.functional.interpolate(self.lat8(f8) + up, size=f4.shape[-2:], mode="nearest")
+        return self.trunk(self.fuse(f4 + up))  # (B, 2w, H/4, W/4)
 
     def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training view: heatmap logits, log box size (in wh_unit), offset logits-free."""

@@ -45,7 +45,7 @@ def model() -> Detector:
     torch.manual_seed(0)
     m = Detector(DetectorConfig(width=8)).eval()
     with torch.no_grad():
-        m.heat[-1].weight.mul_(50.0)
+        m.heat.weight.mul_(50.0)
     return m
 
 
@@ -145,7 +145,7 @@ def test_parity_fails_for_another_model(model: Detector, onnx_path: Path, card: 
                                         images: list[np.ndarray]) -> None:
     changed = copy.deepcopy(model)
     with torch.no_grad():
-        changed.heat[-1].bias.add_(0.05)  # only the heatmap head moves
+        changed.heat.bias.add_(0.05)  # only the heatmap head moves
     res = check_parity(changed, onnx_path, card, images)
     assert not res.passed
     assert res.reason.startswith("heatmap")

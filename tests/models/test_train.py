@@ -26,7 +26,7 @@ from cityloop.scenes.frames import generate_frames
 from tests.conftest import make_workspace
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"epochs": 12, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0}
+TINY = {"epochs": 20, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0}
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "gate_required": GateParams().required_classes, "label_config": label_config(CLASSES),
             "config_classes": config_classes(label_config(CLASSES)), "label_classes": label_classes(card),
             "confusions": CONFUSIONS, "num_classes": DetectorConfig().num_classes,
-            "head_outputs": int(weights["heat.1.weight"].shape[0]), "card_classes": card.classes,
+            "head_outputs": int(weights["heat.weight"].shape[0]), "card_classes": card.classes,
             "card_dataset": card.dataset, "rates": default_rates(),
             "dashboard": dash["scenarios"], "dashboard_events": [e["scenario"] for e in dash["events"]],
         }}))
