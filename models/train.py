@@ -79,7 +79,8 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     bf16, _ = fast_cpu(params.precision)
     trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs"),
                          precision="bf16-mixed" if bf16 else "32-true",
-                         callbacks=[ckpt, *([EMA()] if params.ema else [])], enable_progress_bar=progress, enable_model_summary=False,
+                         callbacks=[ckpt, *([EMA()] if params.ema else [])], enable_progress_bar=progress,
+                         enable_model_summary=False,
                          limit_train_batches=params.limit_train_batches, log_every_n_steps=5,
                          num_sanity_val_steps=0, deterministic=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)

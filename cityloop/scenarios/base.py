@@ -269,6 +269,7 @@ class ObjectClass:
     confused_with: str | None = None  # what an annotator labels it as when they flip its class
     flat: bool = False  # lies on the ground and is drawn under everything else (a puddle)
     adapt: Callable[..., None] | None = None  # adapt(attrs, cam, rng): a look that depends on the camera
+    unboxed: str = ""  # what the drawing holds outside the box, unlabeled (a clothesline's poles); "" = nothing
 
     @property
     def track_family(self) -> str:

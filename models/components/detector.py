@@ -41,7 +41,7 @@ class Block(nn.Sequential):
 class Detector(nn.Module):
     """Input (B, 3, H, W) RGB scaled to 0..1; outputs heatmap logits, box size (px), centre offset.
 
-    A plain-conv backbone down to /32 (a 320 px frame's cars and stalls need its receptive field),
+    A plain-conv backbone down to /32 (a near car or stall spans 60+ px: /16 alone sees it in part),
     a top-down FPN back to /4, and one shared 3x3 head trunk under the three 1x1 outputs (at /4 the
     heads would otherwise cost more than the backbone).
 

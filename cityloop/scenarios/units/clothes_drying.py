@@ -77,19 +77,18 @@ def _garment(img, kind: str, cx: float, top: float, g: float, col, stripe) -> tu
 
 def draw_clothes(img, o: Obj, lights: list[Light]) -> Box:
     """Laundry on a line between two poles (or a tree and a pole), or over a railing; the box holds the
-    garments, the line and its supports (down to the ground point, as every class's box)."""
+    laundry and the line (or rail) it hangs on, what an annotator boxes as "clothes drying": not the poles
+    down to the ground, nor a tree's crown (boxes of those were mostly empty street)."""
     s, x, y, a = o.s * o.attrs["k"], o.x, o.y, o.attrs
     L = a["len"] * s
     xl, xr = x - L / 2, x + L / 2
     wt = max(1, int(round(0.035 * s)))
-    x0, y0, x1 = xl - wt, y, xr + wt
     if a["support"] == "railing":  # a low railing, the laundry folded over its top rail
         ytop = y - 0.55 * s
         for bx in np.linspace(xl, xr, max(3, int(L / (0.25 * s)) + 1)):
             cv2.line(img, pt(bx, y), pt(bx, ytop), shade(a["rail"], 0.85), wt)
         cv2.line(img, pt(xl, y - 0.12 * s), pt(xr, y - 0.12 * s), shade(a["rail"], 0.85), wt)
         sag = 0.0
-        y0 = ytop - wt
     else:
         ytop = y - a["height"] * s
         sag = a["sag"] * s
@@ -98,22 +97,20 @@ def draw_clothes(img, o: Obj, lights: list[Light]) -> Box:
             cv2.line(img, pt(xl, y), pt(xl, ytop - 0.15 * s), (95, 70, 45), tw)
             r = 0.22 * s
             cv2.circle(img, pt(xl, ytop - 0.15 * s - 0.6 * r), max(2, int(round(r))), (60, 125, 55), -1, AA)
-            x0, y0 = min(x0, xl - r), ytop - 0.15 * s - 1.6 * r
         else:
             cv2.line(img, pt(xl, y), pt(xl, ytop - 0.05 * s), shade(a["pole"]), wt)
-            y0 = ytop - 0.05 * s - wt
         cv2.line(img, pt(xr, y), pt(xr, ytop - 0.05 * s), shade(a["pole"]), wt)
-        y0 = min(y0, ytop - 0.05 * s - wt)
         us = np.linspace(-0.5, 0.5, 9)
         line = np.array([pt(x + u * L, ytop + sag * (1 - 4 * u * u)) for u in us], np.int32)
         cv2.polylines(img, [line], False, (45, 45, 45), 1, AA)
     g = 0.9 * s
+    bx0s, by0s, bx1s, by1s = [xl], [ytop - wt], [xr], [ytop + sag + wt]
     for it in a["items"]:
         cx = x + it["u"] * L
         top = ytop + sag * (1 - 4 * it["u"] ** 2)
-        bx0, _by0, bx1, _by1 = _garment(img, it["kind"], cx, top, g * it["size"], it["color"], it["stripe"])
-        x0, x1 = min(x0, bx0), max(x1, bx1)
-    return (x0, y0, x1, y)
+        bx0, by0, bx1, by1 = _garment(img, it["kind"], cx, top, g * it["size"], it["color"], it["stripe"])
+        bx0s.append(bx0), by0s.append(by0), bx1s.append(bx1), by1s.append(by1)
+    return (min(bx0s), min(by0s), max(bx1s), max(by1s))
 
 
 def _draw(img, o: Obj, lights: list[Light], cond, sky) -> Box:
@@ -170,7 +167,7 @@ SCENARIO = Scenario(
     rule=per_track(rule), params=Params,
     classes=(ObjectClass("clothes", _draw, clothes_attrs, where="walk", rate=0.25,
                          rate_by_condition={"day": 0.5, "night": 0.05, "rain": 0.05}, extent=(0.9, 1.35),
-                         confused_with="vendor_stall"),),
+                         confused_with="vendor_stall", unboxed="the poles, tree or railing the laundry hangs on"),),
     uses=("clothes",), windows=(Window(hours=(7.0, 18.0), conditions=("day",)),),
     rates={"clothes": 0.5}, plan=plan, scenery=scenery,
     positive=ClipSpec("day", 11.0, {"clothes": 8.0}),
