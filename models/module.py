@@ -85,14 +85,14 @@ def native_bf16() -> bool:
         return False
 
 
-def fast_cpu(precision: str = "auto") -> tuple[bool, torch.memory_format]:
-    """(bf16 autocast on?, memory format) for training on this CPU.
+def use_bf16(precision: str = "auto") -> bool:
+    """Whether training runs under bfloat16 autocast (`train.precision`).
 
-    "auto": bfloat16 autocast where the CPU has it natively, else float32 (emulated bf16 is slower
-    than float32). channels_last either way: oneDNN's convolutions run faster in it on CPUs.
+    "auto": where the CPU has bf16 natively (emulated bf16 is slower than float32); "32": never; "bf16": always.
     """
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
-    return bf16, torch.channels_last
+    if precision not in ("auto", "32", "bf16"):
+        raise ValueError(f"train.precision must be auto, 32 or bf16, not {precision!r}")
+    return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
 def ema_avg_fn(decay: float = 0.999, warmup: float = 500.0):

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from cityloop.models.components.detector import Detector
 from cityloop.models.data import Augment, GovernedDataModule
-from cityloop.models.module import EMA, DetectorModule, fast_cpu, load_weights
+from cityloop.models.module import EMA, DetectorModule, load_weights, use_bf16
 from cityloop.models.params import TrainParams
 
 
@@ -74,9 +74,7 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
         load_weights(module.model, parent_weights)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,
                            save_top_k=1, monitor="val/loss", auto_insert_metric_name=False)
-    if params.precision not in ("auto", "32", "bf16"):
-        raise ValueError(f"train.precision must be auto, 32 or bf16, not {params.precision!r}")
-    bf16, _ = fast_cpu(params.precision)
+    bf16 = use_bf16(params.precision)
     trainer = pl.Trainer(max_epochs=params.epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, "logs"),
                          precision="bf16-mixed" if bf16 else "32-true",
                          callbacks=[ckpt, *([EMA()] if params.ema else [])], enable_progress_bar=progress,

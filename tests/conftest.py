@@ -77,7 +77,7 @@ class ModelWorkspace:
     pool_src: Path  # the simulator output the pool came from (ground truth for scripted annotators)
 
 
-TINY_TRAIN = {"epochs": 6, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0, "threads": 2}
+TINY_TRAIN = {"epochs": 12, "batch_size": 8, "width": 8, "lr": 0.01, "seed": 0, "threads": 2}
 
 
 def build_model_workspace(ws: Path) -> ModelWorkspace:

@@ -123,7 +123,7 @@ def test_show_prints_the_effective_values(workspace: Path):
     res = runner.invoke(app, ["params", "show", "train"])
     assert res.exit_code == 0, res.output
     train = yaml.safe_load(res.stdout)["train"]
-    assert train["data"] == "lab@latest" and train["epochs"] == 20 and "max_train" in train  # flat, as params.yaml
+    assert train["data"] == "lab@latest" and train["epochs"] == 40 and "max_train" in train  # flat, as params.yaml
     res = runner.invoke(app, ["params", "show", "edge"])
     edge = yaml.safe_load(res.stdout)["edge"]
     assert edge["stale_s"] == 10.0 and edge["select"]["budget_per_hour"] == 120

@@ -165,3 +165,36 @@ def test_dvc_stages_train_export_evaluate(ws: Path):
     plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(ws / "plots")], cwd=ws, env=env,
                            capture_output=True, text=True)
     assert plots.returncode == 0 and (ws / "plots" / "index.html").exists(), plots.stderr
+
+
+def test_ema_follows_the_weights_early_and_averages_them_later():
+    """The kept weights: after the warm-up they move a small step toward the trained ones, not all the way."""
+    from cityloop.models.module import ema_model
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = ema_model(net, decay=0.999, warmup=10.0)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update_parameters(net)  # the first update copies; the next ones average
+    ema.update_parameters(net)
+    assert torch.allclose(ema.module.weight, torch.ones(1, 2))
+    for _ in range(200):  # far past the warm-up: decay ~0.999
+        ema.update_parameters(net)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    ema.update_parameters(net)
+    step = float(ema.module.weight[0, 0]) - 1.0
+    assert 0.0005 < step < 0.01, step  # ~1 - 0.999 of the way to the new weights
+
+
+def test_precision_is_checked_and_auto_follows_the_cpu(monkeypatch):
+    from cityloop.models import module
+
+    with pytest.raises(ValueError, match="train.precision must be auto, 32 or bf16, not 'fp16'"):
+        module.use_bf16("fp16")
+    monkeypatch.setattr(module, "native_bf16", lambda: False)
+    assert module.use_bf16("auto") is False and module.use_bf16("bf16") is True
+    monkeypatch.setattr(module, "native_bf16", lambda: True)
+    assert module.use_bf16("auto") is True and module.use_bf16("32") is False

@@ -104,13 +104,13 @@ def draw_clothes(img, o: Obj, lights: list[Light]) -> Box:
         line = np.array([pt(x + u * L, ytop + sag * (1 - 4 * u * u)) for u in us], np.int32)
         cv2.polylines(img, [line], False, (45, 45, 45), 1, AA)
     g = 0.9 * s
-    bx0s, by0s, bx1s, by1s = [xl], [ytop - wt], [xr], [ytop + sag + wt]
+    parts = [(xl, ytop - wt, xr, ytop + sag + wt)]  # the line (or top rail), then each garment
     for it in a["items"]:
         cx = x + it["u"] * L
         top = ytop + sag * (1 - 4 * it["u"] ** 2)
-        bx0, by0, bx1, by1 = _garment(img, it["kind"], cx, top, g * it["size"], it["color"], it["stripe"])
-        bx0s.append(bx0), by0s.append(by0), bx1s.append(bx1), by1s.append(by1)
-    return (min(bx0s), min(by0s), max(bx1s), max(by1s))
+        parts.append(_garment(img, it["kind"], cx, top, g * it["size"], it["color"], it["stripe"]))
+    x0s, y0s, x1s, y1s = zip(*parts)
+    return (min(x0s), min(y0s), max(x1s), max(y1s))
 
 
 def _draw(img, o: Obj, lights: list[Light], cond, sky) -> Box:
