@@ -185,7 +185,7 @@ def test_ema_follows_the_weights_early_and_averages_them_later():
     with torch.no_grad():
         net.weight.fill_(2.0)
     ema.update_parameters(net)
-    step = float(ema.module.weight[0, 0]) - 1.0
+    step = ema.module.weight[0, 0].item() - 1.0
     assert 0.0005 < step < 0.01, step  # ~1 - 0.999 of the way to the new weights
 
 
