@@ -38,6 +38,7 @@ EPOCH = datetime(2026, 10, 5, tzinfo=UTC)  # a Monday: frames and clips fall in 
 HOURS = {"day": (8, 17), "dusk": (17, 19), "night": (20, 29), "rain": (7, 19), "fog": (6, 11)}
 
 MIN_BOX = 5.0  # px: smaller boxes are not labeled (the gate's min_box is 4)
+MIN_VISIBLE = 0.2  # share of an object's drawn pixels that must show (not hidden by nearer objects)
 
 @dataclass
 class Frame:
@@ -86,26 +87,50 @@ def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> li
 
 
 def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.random.Generator,
-                 background: tuple | None = None) -> tuple[np.ndarray, list[tuple[Obj, Box]]]:
+                 background: tuple | None = None) -> tuple[np.ndarray, list[tuple[Obj, Box]], list[Obj]]:
     """Draw the background and objects (far to near, water first), then light and weather.
 
-    Returns the RGB image and each visible object's clipped box.
+    Returns the RGB image, each labeled object with its box, and every object in the frame.
+
+    An object is in the frame when at least half its declared box is, and that part is MIN_BOX or
+    more on each side (the world the camera frames: clips' event truth counts these). Its box is the
+    declared one clipped to the frame: the whole object, hidden parts included (MOT's full-body boxes),
+    so a box's bottom edge stays the object's ground point. It is labeled when, besides, at least
+    MIN_VISIBLE of the pixels it draws (inside its box) show, not covered by nearer objects: nobody
+    can label a rider hidden behind a bus.
     """
     bg, lamps, windows = background or render_background(cam)
     img = bg.copy()
     lights: list[Light] = list(lamps) + list(windows)
     flat = {c.name for c in registry().object_classes.values() if c.flat}
     order = sorted(objects, key=lambda o: (o.cls not in flat, o.y))
-    raw = [(o, draw_object(img, o, lights, cond, DISTRICTS[cam.district]["sky"])) for o in order]
-    img = apply_condition(img, cam, cond, lights, rng)
     S = cam.size
-    visible = []
-    for o, (x0, y0, x1, y1) in raw:
+    owner = np.full((S, S), -1, np.int32)  # which object each pixel shows (-1: the background)
+    raw, drawn = [], []
+    for k, o in enumerate(order):
+        sky = DISTRICTS[cam.district]["sky"]
+        box = draw_object(img, o, lights, cond, sky)
+        x0, y0, x1, y1 = (int(np.clip(np.floor(box[0]), 0, S)), int(np.clip(np.floor(box[1]), 0, S)),
+                          int(np.clip(np.ceil(box[2]), 0, S)), int(np.clip(np.ceil(box[3]), 0, S)))
+        mine = np.zeros((S, S), bool)  # its pixels inside its declared box (a clothesline's poles are not)
+        for fill in (0, 255):  # drawn on black and on white: every pixel it paints differs on one of them
+            canvas = np.full_like(img, fill)
+            draw_object(canvas, o, [], cond, sky)
+            mine[y0:y1, x0:x1] |= (canvas[y0:y1, x0:x1] != fill).any(-1)
+        owner[mine] = k
+        raw.append((o, box))
+        drawn.append(int(mine.sum()))
+    img = apply_condition(img, cam, cond, lights, rng)
+    visible, present = [], []
+    for k, (o, (x0, y0, x1, y1)) in enumerate(raw):
         cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(S), x1), min(float(S), y1)
         full = max(1e-6, (x1 - x0) * (y1 - y0))
-        if cx1 - cx0 >= MIN_BOX and cy1 - cy0 >= MIN_BOX and (cx1 - cx0) * (cy1 - cy0) / full >= 0.5:
+        if cx1 - cx0 < MIN_BOX or cy1 - cy0 < MIN_BOX or (cx1 - cx0) * (cy1 - cy0) / full < 0.5:
+            continue
+        present.append(o)
+        if (owner == k).sum() >= max(1, MIN_VISIBLE * drawn[k]):
             visible.append((o, (cx0, cy0, cx1, cy1)))
-    return img, visible
+    return img, visible, present
 
 
 def frame_timestamp(cond: Condition, rng: np.random.Generator) -> datetime:
@@ -129,7 +154,7 @@ def render_frame(domain: str, seed: int, index: int, size: int, cameras: list[Ca
     cam = cameras[int(rng.integers(len(cameras)))]
     cond = sample_condition(domain, rng)
     objects = sample_objects(cam, cond, rng)
-    img, visible = render_scene(cam, cond, objects, rng, _background(cam))
+    img, visible, _present = render_scene(cam, cond, objects, rng, _background(cam))
     data = encode(img, fmt, cond.jpeg)
     name = f"{domain}-s{seed}-{index:06d}.{fmt}"
     boxes = [(o.cls, b, o.track_id) for o, b in visible]

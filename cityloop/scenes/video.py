@@ -163,7 +163,8 @@ def plan_clip(cam: Camera, cond: Condition, seconds: float, rng: np.random.Gener
 
 def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: float, fps: float, seed: int,
                 out_dir: Path, fmt: str = "jpg") -> list[dict]:
-    """Render and write every frame; returns one truth row per frame (boxes, object centres)."""
+    """Render and write every frame; returns one truth row per frame: the labeled boxes, and the centres
+    of every object in the frame, hidden or not (event truth is about the street, not the pixels)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     bg = render_background(cam)
     frames, truth = int(round(seconds * fps)), []
@@ -171,11 +172,11 @@ def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: floa
         t = i / fps
         rng = np.random.default_rng([seed, i])
         objs = [o for a in actors if (o := a.at(t, cam)) is not None]
-        img, visible = render_scene(cam, cond, objs, rng, bg)
+        img, visible, present = render_scene(cam, cond, objs, rng, bg)
         name = f"{i:06d}.{fmt}"
         (out_dir / name).write_bytes(encode(img, fmt, cond.jpeg))
         truth.append({"index": i, "t": t, "file": name, "boxes": [(o.cls, b, o.track_id) for o, b in visible],
-                      "centres": {o.track_id: (o.x, o.y, o.s) for o, _ in visible}})
+                      "centres": {o.track_id: (o.x, o.y, o.s) for o in present}})
     return truth
 
 

@@ -95,3 +95,30 @@ def test_video_truth_has_tracks_and_events(clips: Path):
              and a["image_id"] in {im["id"] for im in coco["images"] if im["camera_id"] == rider["camera_id"]}]
     assert {a["category_id"] for a in track} == {CATEGORY_IDS["rider_no_helmet"]}
     assert np.ptp([a["bbox"][0] for a in track]) > 20
+
+
+def test_a_half_hidden_object_keeps_its_box_and_a_hidden_one_is_not_labeled():
+    """Truth an annotator could draw: a car half hidden by a nearer car is labeled with its whole box (its
+    bottom edge stays its ground point, as MOT labels people); a car hidden behind an identical nearer
+    one is not labeled at all."""
+    from cityloop.scenes.frames import render_scene
+    from cityloop.scenes.render import Obj, draw_object, render_background, sample_attrs
+    from cityloop.scenes.world import make_camera, sample_condition
+
+    cam = make_camera("field-cam000", "field", 192, np.random.default_rng(3))
+    cond = sample_condition("field", np.random.default_rng(0), "day")
+    y = cam.size * 0.8
+    s = cam.scale(y)
+    attrs = sample_attrs("car", np.random.default_rng(1))
+    far, near = Obj("car", 80.0, y, s, attrs), Obj("car", 80.0, y + 1, s, dict(attrs))
+    _, shown, _ = render_scene(cam, cond, [far, near], np.random.default_rng(0))
+    assert len(shown) == 1 and shown[0][0] is near, "the hidden car is not labeled"
+
+    img = render_background(cam)[0].copy()
+    x0, _, x1, _ = draw_object(img, Obj("car", 80.0, y, s, dict(attrs)), [], cond, (170, 200, 235))
+    half = Obj("car", 80.0 + (x1 - x0) / 2, y + 1, s, dict(attrs))
+    _, shown, _ = render_scene(cam, cond, [far, half], np.random.default_rng(0))
+    boxes = {id(o): b for o, b in shown}
+    assert id(far) in boxes, "a half-hidden car is labeled"
+    fx0, _, fx1, _ = boxes[id(far)]
+    assert abs(fx0 - x0) <= 1 and abs(fx1 - x1) <= 1, "its box is the whole car, its ground point kept"
