@@ -142,13 +142,13 @@ def bench_training(model: Detector, card: ModelCard, images: list[np.ndarray], i
     x = torch.from_numpy(preprocess((images * (TRAIN_BATCH // len(images) + 1))[:TRAIN_BATCH], card.input))
     g = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
-        heat, wh, off = net.forward_raw(x[:1])
+        heat, wh, off = net.forward_raw(x[:1])[:3]
     target = (torch.rand((TRAIN_BATCH, *heat.shape[1:]), generator=g) > 0.995).float()  # sparse "centres"
     wh_t = torch.randn((TRAIN_BATCH, *wh.shape[1:]), generator=g) * 0.5
     off_t = torch.rand((TRAIN_BATCH, *off.shape[1:]), generator=g)
 
     def step() -> None:
-        heat, wh, off = net.forward_raw(x)
+        heat, wh, off = net.forward_raw(x)[:3]
         loss = (torch.nn.functional.binary_cross_entropy_with_logits(heat, target)
                 + (wh - wh_t).abs().mean() + (off - off_t).abs().mean())
         opt.zero_grad(set_to_none=True)

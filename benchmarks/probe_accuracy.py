@@ -115,7 +115,7 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
             targets = {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model.forward_raw(torch.stack(xs).contiguous(memory_format=fmt))
-            loss = detection_loss(tuple(o.float() for o in out), targets)["loss"]
+            loss = detection_loss(tuple(o.float() for o in out), targets, model.cfg.cue_groups)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()

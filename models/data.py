@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from cityloop.governance.repository import DataRepository
 from cityloop.governance.schema import CATEGORY_IDS, CLASSES
 from cityloop.governance.store import FrameStore
+from cityloop.scenarios import registry
 
 MAX_OBJECTS = 64
 
@@ -69,29 +70,60 @@ class Augment:
 
 
 def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int], stride: int,
-                 wh_unit: float) -> dict[str, np.ndarray]:
-    """CenterNet targets: gaussian heatmap per class, and per object its cell, log size and offset."""
+                 wh_unit: float, cue_groups: tuple | None = None) -> dict[str, np.ndarray]:
+    """CenterNet targets: gaussian heatmap per class; per object its cell, log size and offset; and
+    the dense regression maps (reg_wh, reg_off, reg_w: each object's weights sum to 1).
+
+    A class of a cue group (DetectorConfig.cue_groups; default the registry's) is drawn on its group's
+    first channel, and its cue point (-1..1 over the image), group and member index are kept for the
+    cue loss ("cue_pt", "cue_grp", "cue_cls", "cue_mask").
+    """
+    groups = registry().cue_groups if cue_groups is None else cue_groups
+    member = {c: (g, j, idx[0], uv) for g, (idx, uv) in enumerate(groups) for j, c in enumerate(idx)}
     oh, ow = size[0] // stride, size[1] // stride
     heat = np.zeros((num_classes, oh, ow), np.float32)
     ind = np.zeros(MAX_OBJECTS, np.int64)
     wh = np.zeros((MAX_OBJECTS, 2), np.float32)
     off = np.zeros((MAX_OBJECTS, 2), np.float32)
     mask = np.zeros(MAX_OBJECTS, np.float32)
+    cue_pt = np.zeros((MAX_OBJECTS, 2), np.float32)
+    cue_grp = np.zeros(MAX_OBJECTS, np.int64)
+    cue_cls = np.zeros(MAX_OBJECTS, np.int64)
+    cue_mask = np.zeros(MAX_OBJECTS, np.float32)
+    reg_wh = np.zeros((2, oh, ow), np.float32)
+    reg_off = np.zeros((2, oh, ow), np.float32)
+    reg_w = np.zeros((oh, ow), np.float32)
     ys, xs = np.mgrid[0:oh, 0:ow].astype(np.float32)
-    for k, ((x0, y0, x1, y1), c) in enumerate(zip(boxes[:MAX_OBJECTS], labels[:MAX_OBJECTS])):
+    area = (boxes[:MAX_OBJECTS, 2] - boxes[:MAX_OBJECTS, 0]) * (boxes[:MAX_OBJECTS, 3] - boxes[:MAX_OBJECTS, 1])
+    order = np.argsort(-area, kind="stable")  # large first: a small object's cells win where they overlap
+    for k in order:
+        (x0, y0, x1, y1), c = boxes[k], labels[k]
         bw, bh = x1 - x0, y1 - y0
         if bw < 1 or bh < 1:
             continue
+        chan = int(c)
+        if chan in member:
+            g, j, chan, (u, v) = member[chan]
+            cue_pt[k] = ((x0 + u * bw) / size[1] * 2 - 1, (y0 + v * bh) / size[0] * 2 - 1)
+            cue_grp[k], cue_cls[k], cue_mask[k] = g, j, 1.0
         cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
         ix, iy = int(np.clip(cx, 0, ow - 1)), int(np.clip(cy, 0, oh - 1))
         sx, sy = max(0.5, 0.09 * bw / stride), max(0.5, 0.09 * bh / stride)  # TTFNet: alpha 0.54 / 6
-        g = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
-        np.maximum(heat[c], g, out=heat[c])
-        heat[c, iy, ix] = 1.0
+        g_ = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        np.maximum(heat[chan], g_, out=heat[chan])
+        heat[chan, iy, ix] = 1.0
         ind[k], mask[k] = iy * ow + ix, 1.0
         wh[k] = np.log(np.array([bw, bh], np.float32) / wh_unit)
         off[k] = (cx - ix, cy - iy)
-    return {"heat": heat, "ind": ind, "wh": wh, "off": off, "mask": mask}
+        # Dense box regression (TTFNet's): every cell of the object's central gaussian predicts its box,
+        # weighted by the gaussian, so a peak one cell off the centre still carries the right box.
+        near = g_ >= 0.1
+        reg_wh[:, near] = wh[k][:, None]
+        reg_off[0, near], reg_off[1, near] = cx - xs[near], cy - ys[near]
+        reg_w[near] = g_[near] / g_[near].sum()
+    return {"heat": heat, "ind": ind, "wh": wh, "off": off, "mask": mask,
+            "reg_wh": reg_wh, "reg_off": reg_off, "reg_w": reg_w,
+            "cue_pt": cue_pt, "cue_grp": cue_grp, "cue_cls": cue_cls, "cue_mask": cue_mask}
 
 
 class FrameDataset(Dataset):

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from cityloop.models.components.detector import Detector, DetectorConfig
+from cityloop.models.components.detector import Detector, DetectorConfig, sample_cue
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -29,15 +29,36 @@ def gather(feat: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
     return flat.gather(1, ind.unsqueeze(-1).expand(-1, -1, c))
 
 
-def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Heatmap focal loss + L1 on log box size and centre offset at object cells."""
-    heat, logwh, off = outputs
+def cue_loss(cue: torch.Tensor, t: dict[str, torch.Tensor], groups: tuple) -> torch.Tensor:
+    """Cross-entropy of each cue group's member logits read at its objects' cue points (draw_targets)."""
+    total, n, k = cue.new_zeros(()), 0, 0
+    for g, (idx, _) in enumerate(groups):
+        logits = sample_cue(cue[:, k : k + len(idx)], t["cue_pt"])  # (B, M, n)
+        k += len(idx)
+        sel = t["cue_mask"].bool() & t["cue_grp"].eq(g)
+        if sel.any():
+            total = total + nn.functional.cross_entropy(logits[sel].float(), t["cue_cls"][sel], reduction="sum")
+            n += int(sel.sum())
+    return total / max(n, 1)
+
+
+def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor],
+                   cue_groups: tuple = ()) -> dict[str, torch.Tensor]:
+    """Heatmap focal loss + L1 on log box size and centre offset at object cells + the cue loss
+    (outputs: Detector.forward_raw's; cue_groups: its config's)."""
+    heat, logwh, off = outputs[:3]
     mask = t["mask"].unsqueeze(-1)  # (B, M, 1)
     n = mask.sum().clamp(min=1.0)
     l_heat = focal_loss(heat, t["heat"])
-    l_wh = (torch.abs(gather(logwh, t["ind"]) - t["wh"]) * mask).sum() / n
-    l_off = (torch.abs(gather(off, t["ind"]) - t["off"]) * mask).sum() / n
-    return {"loss": l_heat + l_wh + l_off, "heat": l_heat, "wh": l_wh, "off": l_off}
+    if "reg_w" in t:  # dense: every cell of an object's central gaussian, weighted (draw_targets)
+        w = t["reg_w"].unsqueeze(1)
+        l_wh = (torch.abs(logwh - t["reg_wh"]) * w).sum() / n
+        l_off = (torch.abs(off - t["reg_off"]) * w).sum() / n
+    else:  # the object's centre cell only
+        l_wh = (torch.abs(gather(logwh, t["ind"]) - t["wh"]) * mask).sum() / n
+        l_off = (torch.abs(gather(off, t["ind"]) - t["off"]) * mask).sum() / n
+    l_cue = cue_loss(outputs[3], t, cue_groups) if cue_groups and len(outputs) > 3 else heat.new_zeros(())
+    return {"loss": l_heat + l_wh + l_off + l_cue, "heat": l_heat, "wh": l_wh, "off": l_off, "cue": l_cue}
 
 
 class DetectorModule(pl.LightningModule):
@@ -53,7 +74,7 @@ class DetectorModule(pl.LightningModule):
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, targets = batch
-        losses = detection_loss(self(x), targets)
+        losses = detection_loss(self(x), targets, self.model.cfg.cue_groups)
         on_step = split == "train"
         for k, v in losses.items():
             self.log(f"{split}/{k}", v, prog_bar=k == "loss", on_step=on_step, on_epoch=True, batch_size=len(x))

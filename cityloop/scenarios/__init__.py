@@ -71,6 +71,17 @@ class Registry:
         return {c.name: c.confused_with for c in self.object_classes.values() if c.confused_with}
 
     @cached_property
+    def cue_groups(self) -> tuple[tuple[tuple[int, ...], tuple[float, float]], ...]:
+        """Families whose classes declare a `cue`: (their class indices, the cue point in the box), in
+        class order. A detector predicts each group as one class and tells its members apart at the cue."""
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(self.object_classes.values()):
+            if c.cue is not None:
+                groups.setdefault(c.track_family, []).append(i)
+        classes = list(self.object_classes.values())
+        return tuple((tuple(ix), classes[ix[0]].cue) for ix in groups.values())
+
+    @cached_property
     def zone_kinds(self) -> dict[str, tuple[str, ZoneKind]]:
         """zone kind -> (the scenario that declares it, its spec)."""
         return {z.name: (sc.name, z) for sc in self.scenarios.values() for z in sc.zones}
@@ -130,12 +141,23 @@ def validate(scenarios: list[Scenario]) -> Registry:
             raise ScenarioError(f"{at}: fps/min_fps: need 0 < min_fps <= fps, got {sc.min_fps} and {sc.fps}")
         seen[sc.name] = sc
     known = set(classes)
+    cues: dict[str, list[tuple[str, tuple[float, float]]]] = {}
+    for sc in scenarios:
+        for c in sc.classes:
+            if c.cue is not None:
+                cues.setdefault(c.track_family, []).append((c.name, c.cue))
+    for fam, members in cues.items():
+        if len({cue for _, cue in members}) > 1 or len(members) < 2:
+            raise ScenarioError(f"family {fam}: a cue tells two or more classes of one family apart at one point; "
+                                f"got {members}")
     for sc in scenarios:
         at = f"scenario {sc.name}"
         for c in sc.uses:
             if c not in known:
                 raise ScenarioError(f"{at}: uses: unknown class {c!r} (known: {', '.join(classes)})")
         for c in sc.classes:
+            if c.cue is not None and not all(0.0 <= v <= 1.0 for v in c.cue):
+                raise ScenarioError(f"{at}: classes.{c.name}.cue: {c.cue} is not a point inside the box (0..1, 0..1)")
             if c.confused_with and c.confused_with not in known:
                 raise ScenarioError(f"{at}: classes.{c.name}.confused_with: unknown class {c.confused_with!r}")
         for label, clip in (("positive", sc.positive), ("confuser", sc.confuser)):

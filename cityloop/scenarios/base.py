@@ -270,6 +270,10 @@ class ObjectClass:
     flat: bool = False  # lies on the ground and is drawn under everything else (a puddle)
     adapt: Callable[..., None] | None = None  # adapt(attrs, cam, rng): a look that depends on the camera
     unboxed: str = ""  # what the drawing holds outside the box, unlabeled (a clothesline's poles); "" = nothing
+    # Where in its box (x, y as fractions of width and height) the cue lies that tells this class from the
+    # other classes of its family (a rider's head: helmet or hair). Classes of one family that declare a cue
+    # are one detector class plus an attribute read at that point (cityloop.models' Detector, `cue_groups`).
+    cue: tuple[float, float] | None = None
 
     @property
     def track_family(self) -> str:

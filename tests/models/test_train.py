@@ -198,3 +198,52 @@ def test_precision_is_checked_and_auto_follows_the_cpu(monkeypatch):
     assert module.use_bf16("auto") is False and module.use_bf16("bf16") is True
     monkeypatch.setattr(module, "native_bf16", lambda: True)
     assert module.use_bf16("auto") is True and module.use_bf16("32") is False
+
+
+def test_a_rider_is_told_apart_at_its_head():
+    """The two rider classes share one heat channel; each member's heat is p(rider) x softmax(cue read
+    at the head): a cell whose box puts the head on a 'helmet' cue scores rider_helmet, and the same cell
+    with a box that puts the head elsewhere does not."""
+    from cityloop.scenarios import registry
+
+    (idx, (u, v)), = registry().cue_groups
+    m = Detector(DetectorConfig(width=8)).eval()
+    b, h, w = 1, 48, 48
+    heat = torch.full((b, len(registry().classes), h, w), -10.0)
+    heat[0, idx[0], 24, 24] = 4.0  # a rider at cell (24, 24): p = 0.982
+    off = torch.zeros(b, 2, h, w)
+    wh = torch.full((b, 2, h, w), 32.0)  # a 32 px box: the head 0.42 x 32 = 13.4 px above the centre
+    cue = torch.zeros(b, len(idx), h, w)
+    head_y = int((24 * 4 + (v - 0.5) * 32) // 4)
+    cue[0, 0, head_y, 24] = 8.0  # "helmet" at the head cell only
+    out = m.compose(heat, wh, off, cue, (192, 192))
+    p = torch.sigmoid(out[0, :, 24, 24])
+    assert p[idx[0]] > 0.9 and p[idx[1]] < 0.05, "read at the head: a helmet"
+    wh_flat = torch.full((b, 2, h, w), 4.0)  # a box whose head point falls on the centre cell: no cue there
+    p = torch.sigmoid(m.compose(heat, wh_flat, off, cue, (192, 192))[0, :, 24, 24])
+    assert abs(float(p[idx[0]] - p[idx[1]])) < 0.01, "no cue at that point: an even split"
+    others = [c for c in range(len(registry().classes)) if c not in idx]
+    assert torch.equal(out[:, others], heat[:, others]), "other classes pass through"
+
+
+def test_targets_regress_every_central_cell_and_keep_the_cue():
+    """Each object's dense regression weights sum to 1 and point back at its centre; a rider is drawn on
+    its group's channel with its head as the cue point."""
+    import numpy as np
+
+    from cityloop.governance.schema import CLASSES
+    from cityloop.models.data import draw_targets
+
+    boxes = np.array([[40, 40, 80, 72], [100, 100, 112, 130]], np.float32)  # a no-helmet rider, a person
+    labels = np.array([CLASSES.index("rider_no_helmet"), CLASSES.index("person")])
+    t = draw_targets(boxes, labels, len(CLASSES), (192, 192), 4, 16.0)
+    assert t["heat"][CLASSES.index("rider_helmet")].max() == 1.0, "the group's first channel holds the rider"
+    assert t["heat"][CLASSES.index("rider_no_helmet")].max() == 0.0
+    assert t["cue_mask"][0] == 1 and t["cue_cls"][0] == 1 and t["cue_mask"][1] == 0
+    assert np.allclose((t["cue_pt"][0] + 1) / 2 * 192, [60, 40 + 0.08 * 32])
+    ys, xs = np.nonzero(t["reg_w"])
+    assert np.isclose(t["reg_w"].sum(), 2.0) and len(xs) > 2, "two objects, weights summing to 1 each"
+    cx = (xs + t["reg_off"][0, ys, xs]) * 4
+    cy = (ys + t["reg_off"][1, ys, xs]) * 4
+    centres = {(60.0, 56.0), (106.0, 115.0)}
+    assert all(min(abs(a - x) + abs(b - y) for x, y in centres) < 1e-4 for a, b in zip(cx, cy))

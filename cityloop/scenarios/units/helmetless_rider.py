@@ -110,15 +110,17 @@ def plan(p, rates: dict) -> None:
               "helmetless_rider" if no_helmet else None, facing=d)
 
 
+HEAD = (0.5, 0.08)  # the head in a rider's box (draw_rider: y - 0.87 s of a box ~0.95 s tall)
+
 SCENARIO = Scenario(
     name="helmetless_rider", title="E-bike rider without helmet", agency="traffic police",
     kind="attribute, k of n frames", alert="Rider without a helmet on {camera_id} ({district})",
     rule=per_track(rule), params=Params,
     classes=(
         ObjectClass("rider_helmet", _draw, person_attrs, family="rider", where="road", rate=0.8,
-                    extent=(0.55, 1.0), confused_with="rider_no_helmet"),
+                    extent=(0.55, 1.0), confused_with="rider_no_helmet", cue=HEAD),
         ObjectClass("rider_no_helmet", _draw, person_attrs, family="rider", where="road", rate=0.8,
-                    extent=(0.55, 1.0), confused_with="rider_helmet"),
+                    extent=(0.55, 1.0), confused_with="rider_helmet", cue=HEAD),
     ),
     uses=("rider_helmet", "rider_no_helmet"),
     rates={"riders": 5.0, "p_no_helmet": 0.4}, plan=plan,
