@@ -109,18 +109,18 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
         cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
         ix, iy = int(np.clip(cx, 0, ow - 1)), int(np.clip(cy, 0, oh - 1))
         sx, sy = max(0.5, 0.09 * bw / stride), max(0.5, 0.09 * bh / stride)  # TTFNet: alpha 0.54 / 6
-        g_ = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
-        np.maximum(heat[chan], g_, out=heat[chan])
+        gauss = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        np.maximum(heat[chan], gauss, out=heat[chan])
         heat[chan, iy, ix] = 1.0
         ind[k], mask[k] = iy * ow + ix, 1.0
         wh[k] = np.log(np.array([bw, bh], np.float32) / wh_unit)
         off[k] = (cx - ix, cy - iy)
         # Dense box regression (TTFNet's): every cell of the object's central gaussian predicts its box,
         # weighted by the gaussian, so a peak one cell off the centre still carries the right box.
-        near = g_ >= 0.1
+        near = gauss >= 0.1
         reg_wh[:, near] = wh[k][:, None]
         reg_off[0, near], reg_off[1, near] = cx - xs[near], cy - ys[near]
-        reg_w[near] = g_[near] / g_[near].sum()
+        reg_w[near] = gauss[near] / gauss[near].sum()
     return {"heat": heat, "ind": ind, "wh": wh, "off": off, "mask": mask,
             "reg_wh": reg_wh, "reg_off": reg_off, "reg_w": reg_w,
             "cue_pt": cue_pt, "cue_grp": cue_grp, "cue_cls": cue_cls, "cue_mask": cue_mask}

@@ -105,10 +105,10 @@ def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.rando
     flat = {c.name for c in registry().object_classes.values() if c.flat}
     order = sorted(objects, key=lambda o: (o.cls not in flat, o.y))
     S = cam.size
+    sky = DISTRICTS[cam.district]["sky"]
     owner = np.full((S, S), -1, np.int32)  # which object each pixel shows (-1: the background)
     raw, drawn = [], []
     for k, o in enumerate(order):
-        sky = DISTRICTS[cam.district]["sky"]
         box = draw_object(img, o, lights, cond, sky)
         x0, y0, x1, y1 = (int(np.clip(np.floor(box[0]), 0, S)), int(np.clip(np.floor(box[1]), 0, S)),
                           int(np.clip(np.ceil(box[2]), 0, S)), int(np.clip(np.ceil(box[3]), 0, S)))

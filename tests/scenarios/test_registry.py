@@ -50,6 +50,19 @@ def test_a_class_defined_twice_is_refused():
         validate([a, replace(b, classes=(a.classes[0],))])
 
 
+def test_the_riders_are_one_cue_group_and_a_lone_or_misplaced_cue_is_refused():
+    reg = registry()
+    assert reg.cue_groups == (((0, 1), (0.5, 0.08)),), "helmet or not is read at the rider's head"
+    rider = reg.scenarios["helmetless_rider"]
+    helmet, bare = rider.classes
+    lone = replace(rider, classes=(helmet, replace(bare, cue=None)))
+    with pytest.raises(ScenarioError, match=r"family rider: a cue tells two or more classes"):
+        validate([lone if u is rider else u for u in units()])
+    outside = replace(rider, classes=(replace(helmet, cue=(0.5, 1.2)), replace(bare, cue=(0.5, 1.2))))
+    with pytest.raises(ScenarioError, match=r"scenario helmetless_rider: classes.rider_helmet.cue: .* not a point"):
+        validate([outside if u is rider else u for u in units()])
+
+
 def test_overlapping_windows_are_refused_in_a_unit_and_in_params():
     bad = replace(units()[0], windows=(Window(hours=(17.0, 6.0)), Window(hours=(20.0, 23.0))))
     with pytest.raises(ScenarioError, match=rf"scenario {bad.name}: windows\[1\]: overlaps"):
