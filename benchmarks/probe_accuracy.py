@@ -109,9 +109,9 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
         for s in range(steps):
             xs, ts = [], []
             for i in perm[s * bs : (s + 1) * bs]:
-                img, bx = aug(tr_i[i], tr_b[i][:, :4].copy(), rng)
+                img, bx, lab = aug(tr_i[i], tr_b[i][:, :4].copy(), rng, tr_b[i][:, 4].astype(np.int64))
                 xs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255)
-                ts.append(draw_targets(bx, tr_b[i][:, 4].astype(np.int64), len(CLASSES), (size, size), 4, 16.0))
+                ts.append(draw_targets(bx, lab, len(CLASSES), (size, size), 4, 16.0))
             targets = {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model.forward_raw(torch.stack(xs).contiguous(memory_format=fmt))

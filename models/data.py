@@ -33,6 +33,9 @@ class Augment:
     """Photometric and geometric augmentation that mimics lighting, weather and cameras."""
 
     flip: float = 0.5
+    zoom: float = 0.5  # probability of a random scale (zoom_range) and shift (up to `shift` of the frame)
+    zoom_range: tuple[float, float] = (0.75, 1.35)
+    shift: float = 0.12
     dark: float = 0.35  # probability of a low-light gain (0.2..0.6)
     tint: float = 0.5
     noise: float = 0.4
@@ -40,13 +43,18 @@ class Augment:
     jpeg: float = 0.3
     fog: float = 0.15
 
-    def __call__(self, img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """img (H, W, 3) uint8 RGB; boxes (N, 4) xyxy px. Returns new arrays."""
+    def __call__(self, img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+                 labels: np.ndarray | None = None):
+        """img (H, W, 3) uint8 RGB; boxes (N, 4) xyxy px. Returns new arrays: (img, boxes), or with
+        `labels` (N,) given, (img, boxes, labels): a zoom drops the boxes it pushes out of the frame."""
         h, w = img.shape[:2]
+        keep = np.ones(len(boxes), bool)
         if rng.random() < self.flip:
             img = img[:, ::-1]
             boxes = boxes.copy()
             boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+        if labels is not None and rng.random() < self.zoom:
+            img, boxes, keep = self._zoom(img, boxes, rng)
         f = img.astype(np.float32)
         if rng.random() < self.dark:
             f *= rng.uniform(0.2, 0.6)
@@ -66,7 +74,28 @@ class Augment:
         if rng.random() < self.jpeg:
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        return np.ascontiguousarray(img), boxes
+        if labels is None:
+            return np.ascontiguousarray(img), boxes
+        return np.ascontiguousarray(img), boxes[keep], labels[keep]
+
+    def _zoom(self, img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scale about the centre and shift (a camera nearer or farther, aimed a little aside); the border
+        is filled with the frame's mean colour. A box keeps the simulator's rule: labeled while at least
+        half of it stays in the frame, clipped to it, and 4 px or more on each side."""
+        h, w = img.shape[:2]
+        s = rng.uniform(*self.zoom_range)
+        tx, ty = rng.uniform(-self.shift, self.shift, 2) * (w, h)
+        m = np.array([[s, 0, (1 - s) * w / 2 + tx], [0, s, (1 - s) * h / 2 + ty]], np.float32)
+        fill = tuple(float(v) for v in img.reshape(-1, 3).mean(0))
+        img = cv2.warpAffine(np.ascontiguousarray(img), m, (w, h), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        b = boxes * s + np.array([m[0, 2], m[1, 2], m[0, 2], m[1, 2]], np.float32)
+        c = np.clip(b, 0, [w, h, w, h]).astype(np.float32)
+        area = np.maximum(0, b[:, 2] - b[:, 0]) * np.maximum(0, b[:, 3] - b[:, 1])
+        kept = np.maximum(0, c[:, 2] - c[:, 0]) * np.maximum(0, c[:, 3] - c[:, 1])
+        keep = (kept >= 0.5 * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 4) & (c[:, 3] - c[:, 1] >= 4)
+        return img, c, keep
 
 
 def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int], stride: int,
@@ -164,7 +193,7 @@ class FrameDataset(Dataset):
             boxes *= np.array([sx, sy, sx, sy], np.float32)
         if self.augment is not None:  # drawn from torch's RNG: reproducible under seed_everything(workers=True)
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-            img, boxes = self.augment(img, boxes, rng)
+            img, boxes, labels = self.augment(img, boxes, rng, labels)
         t = draw_targets(boxes, labels, len(CLASSES), self.size, self.stride, self.wh_unit)
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
         return x, {k: torch.from_numpy(v) for k, v in t.items()}

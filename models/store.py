@@ -179,7 +179,9 @@ def parity_status(card: ModelCard, parity: Any = None,
     if checked_at is None and diff is not None and not isinstance(p.get("max_abs_diff"), Mapping) \
             and diff > tolerance:
         return False, f"parity failed: max |diff| {diff:.3g} > tolerance {tolerance:.3g}", p
-    return True, "passed" + shown + f" at tolerance {float(checked_at if checked_at is not None else tolerance):.3g}", {
+    at = float(checked_at if checked_at is not None else tolerance)
+    scale = " x max(1, |output|)" if checked_at is not None else ""  # export checks relative to the value
+    return True, "passed" + shown + f" at tolerance {at:.3g}{scale}", {
         **p, "status": "passed"}
 
 

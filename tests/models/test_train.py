@@ -247,3 +247,24 @@ def test_targets_regress_every_central_cell_and_keep_the_cue():
     cy = (ys + t["reg_off"][1, ys, xs]) * 4
     centres = {(60.0, 56.0), (106.0, 115.0)}
     assert all(min(abs(a - x) + abs(b - y) for x, y in centres) < 1e-4 for a, b in zip(cx, cy))
+
+
+def test_zoom_moves_boxes_with_the_pixels_and_drops_what_leaves_the_frame():
+    """A scale-and-shift augmentation: a box still frames its object's pixels afterwards, and an
+    object pushed more than half out of the frame loses its label (the simulator's own rule)."""
+    import numpy as np
+
+    from cityloop.models.data import Augment
+
+    img = np.zeros((192, 192, 3), np.uint8)
+    img[80:100, 60:90] = 255  # a white object in the middle
+    img[10:30, 2:12] = 255  # a small one at the left edge
+    boxes = np.array([[60, 80, 90, 100], [2, 10, 12, 30]], np.float32)
+    aug = Augment(flip=0, zoom=1.0, zoom_range=(1.3, 1.3), shift=0.0, dark=0, tint=0, noise=0, blur=0, jpeg=0, fog=0)
+    out, b, lab = aug(img, boxes, np.random.default_rng(0), np.array([2, 6]))
+    assert list(lab) == [2], "the edge object left the frame and its label with it"
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    x0, y0, x1, y1 = b[0]
+    assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1 and abs(ys.min() - y0) <= 1 \
+        and abs(ys.max() + 1 - y1) <= 1, "the box frames the object's pixels after the zoom"
+    assert x1 - x0 > 30 * 1.25, "and it grew with the zoom"
