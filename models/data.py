@@ -100,8 +100,8 @@ class Augment:
 
 def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int], stride: int,
                  wh_unit: float, cue_groups: tuple | None = None) -> dict[str, np.ndarray]:
-    """CenterNet targets: gaussian heatmap per class; per object its cell, log size and offset; and
-    the dense regression maps (reg_wh, reg_off, reg_w: each object's weights sum to 1).
+    """CenterNet targets: gaussian heatmap per class, a mask of the objects, and the dense regression maps
+    (reg_wh log size, reg_off offset to the centre in cells, reg_w: each object's weights sum to 1).
 
     A class of a cue group (DetectorConfig.cue_groups; default the registry's) is drawn on its group's
     first channel, and its cue point (-1..1 over the image), group and member index are kept for the
@@ -111,9 +111,6 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
     member = {c: (g, j, idx[0], uv) for g, (idx, uv) in enumerate(groups) for j, c in enumerate(idx)}
     oh, ow = size[0] // stride, size[1] // stride
     heat = np.zeros((num_classes, oh, ow), np.float32)
-    ind = np.zeros(MAX_OBJECTS, np.int64)
-    wh = np.zeros((MAX_OBJECTS, 2), np.float32)
-    off = np.zeros((MAX_OBJECTS, 2), np.float32)
     mask = np.zeros(MAX_OBJECTS, np.float32)
     cue_pt = np.zeros((MAX_OBJECTS, 2), np.float32)
     cue_grp = np.zeros(MAX_OBJECTS, np.int64)
@@ -141,16 +138,14 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
         gauss = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
         np.maximum(heat[chan], gauss, out=heat[chan])
         heat[chan, iy, ix] = 1.0
-        ind[k], mask[k] = iy * ow + ix, 1.0
-        wh[k] = np.log(np.array([bw, bh], np.float32) / wh_unit)
-        off[k] = (cx - ix, cy - iy)
+        mask[k] = 1.0
         # Dense box regression (TTFNet's): every cell of the object's central gaussian predicts its box,
         # weighted by the gaussian, so a peak one cell off the centre still carries the right box.
         near = gauss >= 0.1
-        reg_wh[:, near] = wh[k][:, None]
+        reg_wh[:, near] = np.log(np.array([bw, bh], np.float32) / wh_unit)[:, None]
         reg_off[0, near], reg_off[1, near] = cx - xs[near], cy - ys[near]
         reg_w[near] = gauss[near] / gauss[near].sum()
-    return {"heat": heat, "ind": ind, "wh": wh, "off": off, "mask": mask,
+    return {"heat": heat, "mask": mask,
             "reg_wh": reg_wh, "reg_off": reg_off, "reg_w": reg_w,
             "cue_pt": cue_pt, "cue_grp": cue_grp, "cue_cls": cue_cls, "cue_mask": cue_mask}
 

@@ -22,13 +22,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(pos_loss.sum() + neg_loss.sum()) / n
 
 
-def gather(feat: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) features at flat indices (B, M) -> (B, M, C)."""
-    b, c = feat.shape[:2]
-    flat = feat.view(b, c, -1).permute(0, 2, 1)  # (B, hw, C)
-    return flat.gather(1, ind.unsqueeze(-1).expand(-1, -1, c))
-
-
 def cue_loss(cue: torch.Tensor, t: dict[str, torch.Tensor], groups: tuple) -> torch.Tensor:
     """Cross-entropy of each cue group's member logits read at its objects' cue points (draw_targets)."""
     total, n, k = cue.new_zeros(()), 0, 0
@@ -44,19 +37,14 @@ def cue_loss(cue: torch.Tensor, t: dict[str, torch.Tensor], groups: tuple) -> to
 
 def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor],
                    cue_groups: tuple = ()) -> dict[str, torch.Tensor]:
-    """Heatmap focal loss + L1 on log box size and centre offset at object cells + the cue loss
+    """Heatmap focal loss + L1 on log box size and centre offset at each object's central cells + the cue loss
     (outputs: Detector.forward_raw's; cue_groups: its config's)."""
     heat, logwh, off = outputs[:3]
-    mask = t["mask"].unsqueeze(-1)  # (B, M, 1)
-    n = mask.sum().clamp(min=1.0)
+    n = t["mask"].sum().clamp(min=1.0)  # objects in the batch
     l_heat = focal_loss(heat, t["heat"])
-    if "reg_w" in t:  # dense: every cell of an object's central gaussian, weighted (draw_targets)
-        w = t["reg_w"].unsqueeze(1)
-        l_wh = (torch.abs(logwh - t["reg_wh"]) * w).sum() / n
-        l_off = (torch.abs(off - t["reg_off"]) * w).sum() / n
-    else:  # the object's centre cell only
-        l_wh = (torch.abs(gather(logwh, t["ind"]) - t["wh"]) * mask).sum() / n
-        l_off = (torch.abs(gather(off, t["ind"]) - t["off"]) * mask).sum() / n
+    w = t["reg_w"].unsqueeze(1)  # dense: every cell of an object's central gaussian, weighted (draw_targets)
+    l_wh = (torch.abs(logwh - t["reg_wh"]) * w).sum() / n
+    l_off = (torch.abs(off - t["reg_off"]) * w).sum() / n
     l_cue = cue_loss(outputs[3], t, cue_groups) if cue_groups and len(outputs) > 3 else heat.new_zeros(())
     return {"loss": l_heat + l_wh + l_off + l_cue, "heat": l_heat, "wh": l_wh, "off": l_off, "cue": l_cue}
 
