@@ -23,6 +23,7 @@ import bentoml
 import numpy as np
 from pydantic import AfterValidator, BaseModel, Field
 
+from cityloop.core.images import DEFAULT_MAX_PIXELS, check_image
 from cityloop.models.card import ModelCard
 from cityloop.models.runtime import OnnxDetector, decode_image
 
@@ -44,6 +45,8 @@ class ServeSettings:
     min_side: int = 16  # [CITYLOOP_MIN_SIDE] smallest accepted width/height in px
     max_side: int = 4096  # [CITYLOOP_MAX_SIDE] largest accepted width/height in px
     max_inflight: int = 64  # [CITYLOOP_MAX_INFLIGHT] concurrent requests before 503 + Retry-After
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # [CITYLOOP_MAX_IMAGE_PIXELS] width x height, checked in the
+    # header before decoding; params.yaml `limits:` (the one limit of every door), not `serve:`
     token_env: str = "CITYLOOP_API_TOKEN"  # the name of the variable holding the optional token
 
     @classmethod
@@ -51,7 +54,7 @@ class ServeSettings:
         env = os.environ
         ints = {f: int(env[f"CITYLOOP_{f.upper()}"]) for f in (
             "max_batch_size", "max_latency_ms", "ort_threads", "max_images", "max_bytes", "min_side",
-            "max_side", "max_inflight") if env.get(f"CITYLOOP_{f.upper()}")}
+            "max_side", "max_inflight", "max_image_pixels") if env.get(f"CITYLOOP_{f.upper()}")}
         model_dir = Path(env.get("CITYLOOP_MODEL_DIR") or Path(__file__).resolve().with_name("model"))
         return cls(model_dir=model_dir, **ints)
 
@@ -62,7 +65,9 @@ SETTINGS = ServeSettings.from_env()
 def _check_image(text: str | np.ndarray) -> np.ndarray:
     """Base64 JPEG/PNG -> RGB image, or ValueError (a 400 for the caller) saying what is wrong.
 
-    Idempotent: BentoML's input model may apply the validator twice (it did in 1.4.40).
+    The header's format and size are checked before any pixel is decoded: a 109 KB PNG declaring
+    30000x30000 px is refused in microseconds instead of allocating gigabytes. Idempotent: BentoML's
+    input model may apply the validator twice (it did in 1.4.40).
     """
     if isinstance(text, np.ndarray):
         return text
@@ -72,12 +77,12 @@ def _check_image(text: str | np.ndarray) -> np.ndarray:
         raise ValueError("not valid base64") from None
     if not data:
         raise ValueError("empty image")
-    img = decode_image(data)
-    h, w = img.shape[:2]
+    header = check_image(data, SETTINGS.max_image_pixels)
+    w, h = header.width, header.height
     if min(h, w) < SETTINGS.min_side or max(h, w) > SETTINGS.max_side:
         raise ValueError(f"image is {w}x{h} px: width and height must be within "
                          f"{SETTINGS.min_side}..{SETTINGS.max_side}")
-    return img
+    return decode_image(data, SETTINGS.max_image_pixels)
 
 
 # Base64 JPEG/PNG, decoded and checked during request validation (before batching), so a bad
@@ -220,7 +225,8 @@ class DetectorService:
         return {"model_version": self.version, "batch": {"max_batch_size": SETTINGS.max_batch_size,
                                                         "max_latency_ms": SETTINGS.max_latency_ms},
                 "ort_threads": SETTINGS.ort_threads, "max_images": SETTINGS.max_images,
-                "max_bytes": SETTINGS.max_bytes, "token_required": bool(os.environ.get(SETTINGS.token_env))}
+                "max_bytes": SETTINGS.max_bytes, "max_image_pixels": SETTINGS.max_image_pixels,
+                "token_required": bool(os.environ.get(SETTINGS.token_env))}
 
 
 DetectorService.add_asgi_middleware(Guard, token_env=SETTINGS.token_env, max_bytes=SETTINGS.max_bytes,

@@ -1,6 +1,8 @@
 """Start, probe and stop `bentoml serve` processes, and talk to them (the edge node and tests).
 
-A server runs in its own process group, so `stop()` takes its workers down with it.
+A server runs in its own process group, so `stop()` takes its workers down with it. Its start
+time (from /proc) is recorded beside its pid: a server adopted or stopped later is signalled only
+while that pid still is the process we started, never a recycled one.
 """
 
 from __future__ import annotations
@@ -8,14 +10,16 @@ from __future__ import annotations
 import base64
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
 from cityloop.bento.build import bento_env, bentoml_bin
-from cityloop.core.procs import alive, cmdline, stop_group, tail
+from cityloop.core.procs import cmdline, is_ours, start_time, stop_group, tail
 from cityloop.core.settings import from_section
 
 SERVICE = "cityloop.bento.service:DetectorService"
@@ -40,6 +44,7 @@ class Server:
     target: str
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None  # when started by this process (None: adopted after a restart)
+    started: int | None = None  # the process's start time (procs.start_time): tells a recycled pid apart
 
     @property
     def url(self) -> str:
@@ -47,7 +52,7 @@ class Server:
 
     def alive(self) -> bool:
         """Running (not a zombie); our own child is polled so its exit code stays known."""
-        return self.proc.poll() is None if self.proc is not None else alive(self.pid)
+        return self.proc.poll() is None if self.proc is not None else is_ours(self.pid, self.started)
 
 
 @dataclass
@@ -69,9 +74,13 @@ class ServeParams:
         return from_section(cls, d, "serve")
 
 
-def serve_env(params: ServeParams) -> dict[str, str]:
-    """params.yaml `serve:` -> the service's CITYLOOP_* environment variables (every tunable)."""
-    return {f"CITYLOOP_{k.upper()}": str(v) for k, v in asdict(params).items()}
+def serve_env(params: ServeParams, max_image_pixels: int | None = None) -> dict[str, str]:
+    """params.yaml `serve:` -> the service's CITYLOOP_* environment variables (every tunable), plus
+    `limits.max_image_pixels` (cityloop.core.images.image_limit) when given."""
+    env = {f"CITYLOOP_{k.upper()}": str(v) for k, v in asdict(params).items()}
+    if max_image_pixels is not None:
+        env["CITYLOOP_MAX_IMAGE_PIXELS"] = str(max_image_pixels)
+    return env
 
 
 def free_port() -> int:
@@ -83,8 +92,13 @@ def free_port() -> int:
 
 def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path | None = None,
                  extra_env: dict[str, str] | None = None, log_path: Path | None = None,
-                 timeout: float = 90.0) -> Server:
-    """`bentoml serve TARGET` (a bento tag, or the service file with `model_dir`) and wait until ready."""
+                 timeout: float = 90.0, cancel: threading.Event | None = None,
+                 on_spawn: Callable[[Server], None] | None = None) -> Server:
+    """`bentoml serve TARGET` (a bento tag, or the service file with `model_dir`) and wait until ready.
+
+    `on_spawn(server)`: called once the process exists, before it is ready (an edge node records it,
+    so a crash meanwhile leaves no unknown server behind); `cancel`: set it to give up the wait (the
+    server is stopped and RuntimeError raised). A server that does not get ready is stopped."""
     env = bento_env(root)
     env.update(extra_env or {})
     if model_dir is not None:
@@ -97,19 +111,23 @@ def start_server(root: Path, port: int, target: str = SERVICE, model_dir: Path |
         proc = subprocess.Popen([bentoml_bin(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(proc.pid, port, log_path, target,
-                    {k: v for k, v in (extra_env or {}).items() if "TOKEN" not in k}, proc)
+                    {k: v for k, v in (extra_env or {}).items() if "TOKEN" not in k}, proc, start_time(proc.pid))
     try:
-        wait_ready(server, timeout)
+        if on_spawn is not None:
+            on_spawn(server)
+        wait_ready(server, timeout, cancel)
     except BaseException:
         stop_server(server)
         raise
     return server
 
 
-def adopt_server(pid: int, port: int, target: str, log_path: Path) -> Server | None:
-    """The still-running server of a previous (killed) run, if it is alive and ready on `port`
-    (a recycled pid that is not a `bentoml serve` is neither adopted nor stopped)."""
-    server = Server(pid, port, Path(log_path), target)
+def adopt_server(pid: int, port: int, target: str, log_path: Path, started: int | None = None) -> Server | None:
+    """The still-running server of a previous (killed) run, if it is alive and ready on `port`.
+
+    `started`: its recorded start time. A recycled pid (another start time, or not a `bentoml serve`)
+    is neither adopted nor stopped."""
+    server = Server(pid, port, Path(log_path), target, started=started)
     if not server.alive() or "bentoml" not in cmdline(pid):
         return None
     try:
@@ -121,10 +139,13 @@ def adopt_server(pid: int, port: int, target: str, log_path: Path) -> Server | N
     return None
 
 
-def wait_ready(server: Server, timeout: float) -> None:
-    """Poll /readyz until 200; RuntimeError with the log's tail when the process dies or time runs out."""
+def wait_ready(server: Server, timeout: float, cancel: threading.Event | None = None) -> None:
+    """Poll /readyz until 200; RuntimeError with the log's tail when the process dies or time runs out
+    (or `cancel` is set)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            raise RuntimeError("start cancelled")
         if not server.alive():
             code = server.proc.returncode if server.proc is not None else "?"
             raise RuntimeError(f"bentoml serve exited ({code}):\n{tail(server.log_path, 40)}")
@@ -138,8 +159,9 @@ def wait_ready(server: Server, timeout: float) -> None:
 
 
 def stop_server(server: Server, grace: float = 10.0) -> None:
-    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
-    stop_group(server.pid, grace)
+    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds (nothing is
+    signalled when its pid now names another process: see `procs.stop_group`)."""
+    stop_group(server.pid, grace, started=server.started)
     if server.proc is not None:
         try:
             server.proc.wait(5)  # reap it

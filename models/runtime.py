@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from cityloop.core import images
 from cityloop.models.card import InputSpec, ModelCard, OutputSpec
 
 
@@ -32,12 +33,11 @@ class Detection:
         return [self.x0, self.y0, self.x1 - self.x0, self.y1 - self.y0]
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> RGB uint8 (H, W, 3); ValueError when they are not an image."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("bytes are not a decodable JPEG/PNG image")
-    return img[..., ::-1]
+def decode_image(data: bytes, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 (H, W, 3). The header is checked first: images.ImageRefused (a
+    ValueError saying why) when they are no JPEG/PNG, are cut short, or declare over `max_pixels`
+    pixels, before a single pixel is decoded."""
+    return images.decode_image(data, max_pixels, cv2.IMREAD_COLOR)[..., ::-1]
 
 
 def preprocess(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:

@@ -41,7 +41,7 @@ def test_the_projects_params_yaml_passes_check(workspace: Path):
     assert [r["section"] for r in out["sections"]] == list(section_classes())
     assert all(r["ok"] and r["in_params"] and r["error"] is None for r in out["sections"])
     res = runner.invoke(app, ["params", "check"])  # the table
-    assert res.exit_code == 0 and "all 16 sections load" in res.output, res.output
+    assert res.exit_code == 0 and "all 17 sections load" in res.output, res.output
 
 
 @pytest.mark.parametrize(("section", "value", "named"), [
@@ -144,9 +144,13 @@ def test_serve_params_mirror_the_service_settings():
     """ServeParams (params.yaml `serve:`) and the service's ServeSettings name the same tunables, same defaults."""
     from cityloop.bento.service import ServeSettings
     from cityloop.bento.serving import ServeParams, serve_env
+    from cityloop.core.images import LimitsParams
 
     settings = {f.name: f.default for f in dataclasses.fields(ServeSettings)
-                if f.name not in ("model_dir", "token_env")}
+                if f.name not in ("model_dir", "token_env", "max_image_pixels")}
     assert {f.name: f.default for f in dataclasses.fields(ServeParams)} == settings
     env = serve_env(ServeParams(max_batch_size=8))
     assert env["CITYLOOP_MAX_BATCH_SIZE"] == "8" and env["CITYLOOP_MIN_SIDE"] == "16" and len(env) == len(settings)
+    # the image limit is params.yaml `limits:` (one limit for every door), passed on beside `serve:`
+    assert ServeSettings.max_image_pixels == LimitsParams.max_image_pixels
+    assert serve_env(ServeParams(), 1000)["CITYLOOP_MAX_IMAGE_PIXELS"] == "1000"

@@ -22,6 +22,7 @@ from cityloop.analysis.params import AnalysisParams
 from cityloop.analysis.rules import CameraContext, Candidate, evaluate_rules
 from cityloop.analysis.store import Event
 from cityloop.analysis.tracker import Box, Tracker, centre, to_dets
+from cityloop.core.images import ImageRefused, decode_image
 from cityloop.scenarios.zones import CameraZones
 
 Assignment = Callable[[str, float], Collection[str] | None]  # (camera, ts) -> scenarios to run (None: all)
@@ -103,7 +104,7 @@ class Analyzer:
         self._close(cam, ts)
         if time.monotonic() - self._last_retry >= RETRY_EVERY_S:  # alerts a sink refused earlier
             self._last_retry = time.monotonic()
-            self.dispatcher.retry_pending()
+            self.dispatcher.retry_soon()  # the dispatcher's worker sends them: the frame loop never waits
         return new
 
     def _candidate(self, cam: CameraState, c: Candidate, ts: float, model_version: str, frame_index: int,
@@ -157,15 +158,17 @@ class Analyzer:
                 if not o.closed:
                     o.closed = True
                     self._finish(o)
+        self.dispatcher.stop()  # the queued alerts delivered (bounded wait), then one more pass
         self.dispatcher.retry_pending()
 
     def _snapshot(self, ev: Event, image: np.ndarray | bytes | None) -> str | None:
         """The frame with the event's boxes drawn, as JPEG under the snapshots folder."""
         if self.snapshots is None or image is None:
             return None
-        img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR) if isinstance(image, bytes) \
-            else np.ascontiguousarray(image[..., ::-1])
-        if img is None:
+        try:  # encoded bytes: the header is checked (format, limits.max_image_pixels) before decoding
+            img = decode_image(image) if isinstance(image, bytes) else np.ascontiguousarray(image[..., ::-1])
+        except ImageRefused as exc:
+            log.warning("event %s: no snapshot, its frame was refused: %s", ev.id, exc)
             return None
         for b in ev.boxes:
             cv2.rectangle(img, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 0, 255), 1)

@@ -37,6 +37,7 @@ def section_classes() -> dict[str, type]:
     from cityloop.analysis.params import AnalysisParams
     from cityloop.analysis.report import ReportParams
     from cityloop.bento.serving import ServeParams
+    from cityloop.core.images import LimitsParams
     from cityloop.edge.node import EdgeParams
     from cityloop.edge.rollout import ReleaseParams
     from cityloop.flows.params import StackParams
@@ -55,7 +56,7 @@ def section_classes() -> dict[str, type]:
             "export": ExportParams, "registry": RegistryParams, "serve": ServeParams, "edge": EdgeParams,
             "release": ReleaseParams, "labeling": LabelingParams, "analysis": AnalysisParams,
             "scenarios": ScenariosSection, "report": ReportParams, "schedule": ScheduleParams,
-            "loop": LoopParams, "stack": StackParams}
+            "loop": LoopParams, "stack": StackParams, "limits": LimitsParams}
 
 
 def _class_name(cls: type) -> str:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from cityloop.core import geometry
+from cityloop.core.images import ImageRefused, decode_image
 from cityloop.core.settings import from_section
 
 
@@ -45,9 +46,11 @@ def agreement(a: list[dict], b: list[dict], thr: float = 0.5) -> float:
 
 
 def thumbnail(image: bytes) -> np.ndarray | None:
-    """A 16x16 grey, standardized thumbnail of encoded image bytes (None: undecodable)."""
-    img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
-    if img is None:
+    """A 16x16 grey, standardized thumbnail of encoded image bytes (None: undecodable, or refused by
+    its header before decoding: cityloop.core.images)."""
+    try:
+        img = decode_image(image, flags=cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    except ImageRefused:
         return None
     t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     return (t - t.mean()) / (t.std() + 1e-6)
