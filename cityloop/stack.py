@@ -6,12 +6,18 @@ Plain process lifecycle: start in a new session with a pid file and a log under
 `<root>/.cityloop/stack/`, wait for health, stop with SIGTERM then SIGKILL. Idempotent (a second
 `up` finds what runs), stale pid files are removed, a port held by someone else is refused.
 Nothing here imports Prefect or the flows: they run in the child processes.
+
+Closed by default (SECURITY.md): the API requires its basic-auth string (PREFECT_SERVER_API_AUTH_STRING,
+generated on the first `up` into `.cityloop/stack/credentials.env`, 0600, and handed to the serve
+process and the CLI's flow runs as PREFECT_API_AUTH_STRING; the UI asks for it once), CORS answers
+only the server's own UI origin, the children run under umask 0o077 with an explicit environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -22,11 +28,26 @@ from pathlib import Path
 
 import requests
 
+from cityloop.core.private import (
+    child_env,
+    private_dir,
+    private_umask,
+    read_env_file,
+    sqlite_files,
+    stored_secret,
+    tighten,
+)
 from cityloop.core.procs import ManagedProcess, ProcessError
 from cityloop.core.settings import QUIET_ENV, load_section
 from cityloop.flows.params import READY_FILE, stack_params
 
 HOST = "127.0.0.1"
+SERVER_AUTH_ENV, CLIENT_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"
+# the user's own settings each child keeps (by prefix); anything else of the parent's env stays behind
+SERVER_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_UI_", "PREFECT_LOGGING_")
+SERVE_PREFIXES = ("CITYLOOP_", "PREFECT_", "LABEL_STUDIO_", "DVC_", "GX_", "BENTOML_", "AWS_", "GIT_",
+                  "SSL_CERT_", "REQUESTS_CA_BUNDLE", "OMP_NUM_THREADS")
+_NEVER_PASSED = {"PREFECT_API_URL", "PREFECT_API_KEY", CLIENT_AUTH_ENV, SERVER_AUTH_ENV, "PREFECT_PROFILES_PATH"}
 
 
 class StackError(RuntimeError):
@@ -76,18 +97,17 @@ class Stack:
         self.ls_port = labelstudio_port or last.get("labelstudio_port") or ls_default
         self.url = f"http://{HOST}:{self.port}"
         self.api_url = f"{self.url}/api"
+        self.credentials_file = self.state / "credentials.env"  # the API's auth string (0600)
         code = self.root  # deployment entrypoints are paths relative to the workspace (flows/x.py:flow)
-        base = self._env()
         prefect = Path(sys.executable).with_name("prefect")
+        # environments are set at launch (server_env/serve_env): they carry the auth string
         self.server = ManagedProcess(
             "prefect-server", self.state,
             [str(prefect) if prefect.exists() else (shutil.which("prefect") or "prefect"), "server", "start",
-             "--host", HOST, "--port", str(self.port), "--analytics-off"],
-            {**base, "PREFECT_UI_API_URL": self.api_url}, self.state, "prefect")
+             "--host", HOST, "--port", str(self.port), "--analytics-off"], None, self.state, "prefect")
         self.serve = ManagedProcess(
-            "serve", self.state, [sys.executable, "-m", "cityloop.flows.deployments"],
-            {**base, "PREFECT_API_URL": self.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": str(self.params.poll_seconds)},
-            code, "cityloop.flows.deployments")
+            "serve", self.state, [sys.executable, "-m", "cityloop.flows.deployments"], None, code,
+            "cityloop.flows.deployments")
 
     # ------------------------------------------------------------- helpers
     def _last(self) -> dict:
@@ -96,14 +116,50 @@ class Stack:
         except (FileNotFoundError, ValueError):
             return {}
 
-    def _env(self) -> dict[str, str]:
-        env = {**QUIET_ENV, **os.environ}
-        env.pop("PREFECT_API_URL", None)  # never another server's
-        env.update({"PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "CITYLOOP_ROOT": str(self.root), "PYTHONUNBUFFERED": "1"})
+    def auth_string(self, create: bool = False) -> str | None:
+        """The API's basic-auth string `user:password`: $PREFECT_SERVER_API_AUTH_STRING, else the state
+        dir's credentials.env (generated there, 0600, when `create`); None before the first `up`."""
+        if os.environ.get(SERVER_AUTH_ENV):
+            return os.environ[SERVER_AUTH_ENV]
+        if not create:
+            return read_env_file(self.credentials_file).get(CLIENT_AUTH_ENV) or None
+        return stored_secret(self.credentials_file, CLIENT_AUTH_ENV, lambda: f"cityloop:{secrets.token_urlsafe(24)}")
+
+    def _env(self, settings: dict[str, str], keep: tuple[str, ...] = ()) -> dict[str, str]:
+        """An explicit environment: PATH/HOME/locale, the quiet defaults, the user's own settings of the
+        `keep` prefixes (never another server's PREFECT_API_URL or auth string), then `settings`."""
+        kept = tuple(k for k in os.environ if k.startswith(keep) and k not in _NEVER_PASSED)
+        return child_env({**QUIET_ENV, "PREFECT_HOME": str(self.prefect_home), "CITYLOOP_ROOT": str(self.root),
+                          "PYTHONUNBUFFERED": "1", **settings}, keep=kept)
+
+    def server_env(self, auth: str) -> dict[str, str]:
+        """The Prefect server's: its database and UI settings, the auth string, CORS for its own UI only."""
+        origins = ",".join(f"http://{h}:{self.port}" for h in (HOST, "localhost"))
+        return self._env({"PREFECT_UI_API_URL": self.api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                          SERVER_AUTH_ENV: auth, "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origins},
+                         keep=SERVER_PREFIXES)
+
+    def serve_env(self, auth: str) -> dict[str, str]:
+        """The serve process's (and so its flow runs'): the project's settings and the API's URL and auth."""
+        env = self._env({"PREFECT_API_URL": self.api_url, CLIENT_AUTH_ENV: auth,
+                         "PREFECT_RUNNER_POLL_FREQUENCY": str(self.params.poll_seconds)}, keep=SERVE_PREFIXES)
         if self.params.dask_address and not env.get("CITYLOOP_DASK_ADDRESS"):
             env["CITYLOOP_DASK_ADDRESS"] = self.params.dask_address
         return env
+
+    def client_env(self) -> dict[str, str]:
+        """What a client of this stack sets (the CLI's flow runs, tests): the API URL and its auth string."""
+        auth = self.auth_string()
+        return {"PREFECT_API_URL": self.api_url, **({CLIENT_AUTH_ENV: auth} if auth else {})}
+
+    def secure(self) -> list[Path]:
+        """0700 state folders, 0600 databases and credentials (files made before umask 0o077 was used)."""
+        private_dir(self.root / ".cityloop")
+        for d in (self.state, self.prefect_home):
+            private_dir(d)
+        files = [*sqlite_files(self.prefect_home / "prefect.db"), self.credentials_file,
+                 *self.state.glob("*.log"), *self.state.glob("*.pid"), self.state / "stack.json"]
+        return tighten(files)
 
     def labelstudio(self):
         from cityloop.labeling.server import LabelStudioServer
@@ -116,12 +172,20 @@ class Stack:
         except requests.RequestException:
             return False
 
+    def _basic_auth(self) -> tuple[str, str] | None:
+        auth = self.auth_string()
+        if not auth:
+            return None
+        user, _, password = auth.partition(":")
+        return user, password
+
     def api(self, method: str, path: str, json_body: dict | list | None = None, timeout: float = 10.0,
             tries: int = 5) -> requests.Response:
         """A REST call to the stack's server, retried on 503 (SQLite busy) and connection errors."""
         for i in range(tries):
             try:
-                r = requests.request(method, f"{self.api_url}{path}", json=json_body, timeout=timeout)
+                r = requests.request(method, f"{self.api_url}{path}", json=json_body, timeout=timeout,
+                                     auth=self._basic_auth())
                 if r.status_code != 503:
                     r.raise_for_status()
                     return r
@@ -178,19 +242,22 @@ class Stack:
         """Start (or find) the Prefect server, Label Studio and the serve process. Idempotent."""
         labelstudio = self.params.labelstudio if labelstudio is None else labelstudio
         timeout = self.params.start_timeout_s
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        self.secure()
+        auth = self.auth_string(create=True)
         started_server = False
         if self.server.pid() is None:
             if _port_busy(HOST, self.port):
                 who = "a Prefect server not started by this workspace" if self.healthy() else "another process"
                 raise StackError(f"port {self.port} on {HOST} is taken by {who}; choose another with "
                                  f"`cityloop up --port N` or params stack.prefect_port")
-            self.server.launch()
+            self.server.env = self.server_env(auth)
+            with private_umask():  # the server's database and logs are private from their first byte
+                self.server.launch()
             started_server = True
             say(f"starting the Prefect server on {self.url} (database under {self.prefect_home})")
-        (self.state / "stack.json").write_text(json.dumps({"prefect_port": self.port, "labelstudio_port": self.ls_port,
-                                                           "labelstudio": bool(labelstudio)}))
+        with private_umask():
+            (self.state / "stack.json").write_text(json.dumps({
+                "prefect_port": self.port, "labelstudio_port": self.ls_port, "labelstudio": bool(labelstudio)}))
         if labelstudio:
             say(f"starting (or finding) Label Studio on http://{HOST}:{self.ls_port}")
             from cityloop.labeling.server import LabelStudioError
@@ -211,13 +278,16 @@ class Stack:
             serve_pid = None
         if serve_pid is None:
             since = time.time()
-            self.serve.launch()
+            self.serve.env = self.serve_env(auth)
+            with private_umask():
+                self.serve.launch()
             say("starting the serve process (python -m cityloop.flows.deployments): registering the deployments")
             try:
                 self.serve.wait(lambda: self._registered(since), timeout)
             except ProcessError as exc:
                 self.serve.stop(self.params.stop_timeout_s)
                 raise StackError(str(exc)) from exc
+        self.secure()  # the database the server just created, whatever umask it was made under
         return self.status()
 
     def down(self) -> dict[str, bool]:

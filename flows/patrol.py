@@ -37,12 +37,16 @@ DASK_ADDRESS_ENV = "CITYLOOP_DASK_ADDRESS"  # tcp://scheduler:8786 at scale (`ci
 
 def task_runner(address: str | None = None, workers: int = 2) -> DaskTaskRunner:
     """A Dask cluster of `workers` single-threaded processes, or an existing scheduler at `address`
-    (default: $CITYLOOP_DASK_ADDRESS)."""
+    (default: $CITYLOOP_DASK_ADDRESS).
+
+    The local cluster is closed to everyone but this run: 127.0.0.1, no dashboard, and mutual TLS
+    with temporary credentials held in memory (`security=True`), so another local user cannot
+    connect to the scheduler and submit code to its workers."""
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "host": "127.0.0.1", "dashboard_address": None, "security": True})
 
 
 @flow(name="patrol", task_runner=task_runner())

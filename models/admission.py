@@ -11,9 +11,15 @@ A partner package is a folder:
     [*.bin ...]     external-data files the model references, if any
 
 `admit(gate, package_dir)` first checks the contract statically (nothing of the partner's
-is executed): package layout, manifest, classes, size, ONNX parse, external-data locations,
-opset, operator domains, input and output signature. Only then does onnxruntime open it (a
-session and a smoke run on a blank batch) and score it on the gate's benchmark; it is
+is executed): package layout, manifest, every card field the runtime uses (types and ranges:
+stride >= 1, the declared input H x W within params.yaml `limits.max_image_pixels`, before
+anything is allocated), classes, size, ONNX parse, external-data locations, opset, operator
+domains, input and output signature. Only then does onnxruntime open it (a session and a smoke
+run on a blank batch) and score it on the gate's benchmark, both in a child process under an
+address-space limit (RLIMIT_AS, `registry.admission_memory_mb`) and a wall-clock limit
+(`registry.admission_timeout_s`): a graph that asks for 240 GB or never returns fails its check
+in the report, and the caller goes on. Any failure, of the package or of the run, is a failed
+check in the report, never an exception out of `admit`. It is
 admitted, and registered with the manifest's vendor and parity "n/a (partner artifact)", only if
 its target metric reaches `admission_fraction * target`. A rejected package is never copied into
 the store. Either way the report goes to `data/models/admissions/<timestamp>-<name>.json` and
@@ -24,8 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +46,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from cityloop.core.images import image_limit
+from cityloop.core.private import child_env
+from cityloop.core.settings import QUIET_ENV
 from cityloop.governance.schema import CLASSES
 from cityloop.models.card import ModelCard
 from cityloop.models.gate import Check, Checked, PromotionGate
@@ -57,6 +71,10 @@ OUTPUT_RANKS = {"centernet": (4, 4, 4), "boxes": (3, 2, 2)}  # in the order of c
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 _INTS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
          onnx.TensorProto.UINT8}
+RESIZE_MODES = ("stretch",)
+MAX_DETECTIONS = 10_000
+# what the admission child keeps of the caller's environment (by prefix): the data repository's access
+CHILD_PREFIXES = ("DVC_", "GIT_", "AWS_", "OMP_NUM_THREADS")
 
 
 @dataclass
@@ -302,6 +320,60 @@ def check_classes(card: ModelCard) -> Check:
     return Check("classes", not problems, len(mapped), ">= 1 mapped, none unknown", detail)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _card_problems(card: ModelCard, max_pixels: int) -> list[str]:
+    """What is wrong with the card's fields the runtime uses (types, ranges, the input's size)."""
+    i, o, problems = card.input, card.output, []
+    if not isinstance(card.classes, list) or not all(isinstance(c, str) and c for c in card.classes):
+        problems.append("classes must be a list of non-empty strings")
+    if not isinstance(card.class_map, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in card.class_map.items()):
+        problems.append("class_map must map class names to platform classes (or null)")
+    if not isinstance(i.name, str) or not i.name:
+        problems.append("input.name must be a non-empty string")
+    if not (_is_int(i.height) and _is_int(i.width) and i.height >= 1 and i.width >= 1):
+        problems.append(f"input height/width must be integers >= 1: {i.height!r} x {i.width!r}")
+    elif i.height * i.width > max_pixels:
+        problems.append(f"declared input {i.height} x {i.width} = {i.height * i.width} pixels is over the limit "
+                        f"of {max_pixels} (params.yaml limits.max_image_pixels): refused before allocating it")
+    if not _is_number(i.scale) or i.scale == 0:
+        problems.append(f"input.scale must be a finite non-zero number: {i.scale!r}")
+    for key in ("mean", "std"):
+        v = getattr(i, key)
+        if not (isinstance(v, tuple) and len(v) == 3 and all(_is_number(x) for x in v)):
+            problems.append(f"input.{key} must be 3 finite numbers: {v!r}")
+        elif key == "std" and any(x == 0 for x in v):
+            problems.append(f"input.std must not hold 0 (a division by zero): {v!r}")
+    if i.resize not in RESIZE_MODES:
+        problems.append(f"input.resize must be one of {list(RESIZE_MODES)}: {i.resize!r}")
+    if not (isinstance(o.names, tuple) and all(isinstance(n, str) and n for n in o.names)):
+        problems.append(f"output.names must be a list of strings: {o.names!r}")
+    if not _is_int(o.stride) or o.stride < 1:
+        problems.append(f"output.stride must be an integer >= 1: {o.stride!r}")
+    elif _is_int(i.height) and _is_int(i.width) and o.stride > min(i.height, i.width, 10**9):
+        problems.append(f"output.stride {o.stride} is larger than the input ({i.height} x {i.width})")
+    if not _is_number(o.score_threshold) or not 0 <= o.score_threshold <= 1:
+        problems.append(f"output.score_threshold must be a number in [0, 1]: {o.score_threshold!r}")
+    if not _is_int(o.max_detections) or not 1 <= o.max_detections <= MAX_DETECTIONS:
+        problems.append(f"output.max_detections must be an integer in 1..{MAX_DETECTIONS}: {o.max_detections!r}")
+    return problems
+
+
+def check_card(card: ModelCard, max_pixels: int) -> Check:
+    """Every card field the runtime reads, typed and in range; the declared input within the image limit."""
+    problems = _card_problems(card, max_pixels)
+    size = f"{card.input.height} x {card.input.width}"
+    return Check("card", not problems, size, f"<= {max_pixels} px, stride >= 1",
+                 "; ".join(problems) or f"input {size}, stride {card.output.stride}: fields valid")
+
+
 def _parse_manifest(path: Path, store: ModelStore) -> tuple[Check, ModelCard | None]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -309,12 +381,12 @@ def _parse_manifest(path: Path, store: ModelStore) -> tuple[Check, ModelCard | N
             raise ValueError("manifest.json is not a JSON object")
         raw.setdefault("version", "")
         card = ModelCard.from_dict(raw)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # e.g. "input": [] or "output": 3
         return Check("manifest", False, None, "ModelCard", f"manifest.json is not a model card: {exc}"), None
     problems = []
     try:
         check_model_name(card.name)
-    except RegistryError as exc:
+    except (RegistryError, TypeError) as exc:
         problems.append(str(exc))
     if not card.vendor or card.vendor == OWN_VENDOR:
         problems.append(f"vendor must name the partner (not empty, not {OWN_VENDOR!r})")
@@ -357,7 +429,99 @@ def _smoke(model_path: Path, card: ModelCard) -> Check:
     return Check("runtime", not problems, shapes, None, "; ".join(problems) or "session created; blank batch of 2 ok")
 
 
+# ---------------------------------------------------------------------- the sandbox
+
+
+def _jsonable(o: Any) -> Any:
+    return o.item() if hasattr(o, "item") else str(o)  # numpy scalars stay numbers
+
+
+def _run_partner(job: dict[str, Any]) -> dict[str, Any]:
+    """In the child: the smoke run, then (if it passed) the benchmark. Failures are data, not raises."""
+    model, card = Path(job["model"]), ModelCard.from_dict(job["card"])
+    smoke = _smoke(model, card)
+    out: dict[str, Any] = {"runtime": smoke.to_dict(), "metrics": None, "benchmark_error": None}
+    if smoke.passed:
+        from cityloop.models.evaluate import evaluate_onnx
+
+        try:
+            out["metrics"] = evaluate_onnx(model, card, Path(job["root"]), job["benchmark"], classes=job["classes"])
+        except Exception as exc:  # noqa: BLE001 - the partner's graph failing on real frames is a rejection
+            out["benchmark_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return out
+
+
+def _child_main() -> int:
+    """`python -m cityloop.models.admission`: one job (JSON on stdin) under the address-space limit."""
+    import resource
+
+    job = json.loads(sys.stdin.read())
+    limit = int(job["memory_mb"] * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # before the partner's graph is opened
+    try:
+        out = {"ok": True, **_run_partner(job)}
+    except MemoryError:
+        out = {"ok": False, "error": f"MemoryError: over the {job['memory_mb']:g} MB address-space limit "
+                                     "(registry.admission_memory_mb)"}
+    except Exception as exc:  # noqa: BLE001 - reported, never raised into the caller
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    Path(job["result"]).write_text(json.dumps(out, default=_jsonable))
+    return 0
+
+
+def run_sandboxed(job: dict[str, Any], memory_mb: float, timeout_s: float) -> dict[str, Any]:
+    """Run `job` (_run_partner's) in a child process with RLIMIT_AS = `memory_mb` and a wall-clock
+    limit; its result, or {"ok": False, "error": why} when it failed, died or ran out of time."""
+    with tempfile.TemporaryDirectory(prefix="cityloop-admission-") as tmp:
+        result = Path(tmp) / "result.json"
+        payload = json.dumps({**job, "memory_mb": memory_mb, "result": str(result)}, default=_jsonable)
+        env = child_env(QUIET_ENV, keep=[k for k in os.environ if k.startswith(CHILD_PREFIXES)])
+        try:
+            proc = subprocess.run([sys.executable, "-m", "cityloop.models.admission"], input=payload, text=True,
+                                  capture_output=True, timeout=timeout_s, env=env, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"still running after {timeout_s:g} s (registry.admission_timeout_s): "
+                                          "stopped"}
+        if result.exists():
+            return json.loads(result.read_text())
+    code = proc.returncode
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+    return {"ok": False, "error": f"the admission run died ({how}) under the {memory_mb:g} MB address-space "
+                                  f"limit (registry.admission_memory_mb): {tail}"[:500]}
+
+
 # ---------------------------------------------------------------------- admit
+
+
+def _sandboxed_checks(checks: list[Check], model_path: Path, card: ModelCard, gate: PromotionGate
+                      ) -> dict[str, Any] | None:
+    """The smoke run and the benchmark, in the limited child: their checks appended; the metrics."""
+    params = gate.params
+    threshold = params.admission_fraction * params.target
+    out = run_sandboxed({"model": str(model_path), "card": card.to_dict(), "root": str(gate.store.root),
+                         "benchmark": params.benchmark, "classes": model_classes(card) or None},
+                        params.admission_memory_mb, params.admission_timeout_s)
+    if not out.get("ok"):
+        checks.append(Check("runtime", False, None, f"<= {params.admission_memory_mb:g} MB, "
+                            f"<= {params.admission_timeout_s:g} s", f"sandboxed run failed: {out.get('error')}"))
+        return None
+    runtime = Check(**out["runtime"])
+    if not runtime.passed:  # e.g. an allocation refused under the address-space limit
+        runtime.detail += (f" [sandbox: {params.admission_memory_mb:g} MB address space, "
+                           f"{params.admission_timeout_s:g} s]")
+    checks.append(runtime)
+    if not runtime.passed:
+        return None
+    metrics, metric = out["metrics"], params.target_metric
+    if metrics is None:
+        checks.append(Check("benchmark", False, None, threshold, f"benchmark run failed: {out['benchmark_error']}"))
+        return None
+    value = metrics.get(metric)
+    checks.append(Check("benchmark", value is not None and value >= threshold, value, threshold,
+                        f"{metric} on {metrics['benchmark']} (classes {model_classes(card)}) >= "
+                        f"{params.admission_fraction} x target {params.target}"))
+    return metrics
 
 
 def admit(gate: PromotionGate, package_dir: Path) -> AdmissionReport:
@@ -381,7 +545,11 @@ def admit(gate: PromotionGate, package_dir: Path) -> AdmissionReport:
         mcheck, card = _parse_manifest(manifest_path, store)
         checks.append(mcheck)
         if card is not None:
-            checks.append(check_classes(card))
+            checks.append(check_card(card, image_limit(store.root)))
+            if checks[-1].passed:
+                checks.append(check_classes(card))
+            else:
+                card = None  # its fields are not safe to use: no check or run below reads them
         limit = params.max_model_mb
         size_mb = model_path.stat().st_size / 1e6
         if size_mb > limit:
@@ -410,22 +578,7 @@ def admit(gate: PromotionGate, package_dir: Path) -> AdmissionReport:
     metrics: dict[str, Any] | None = None
     contract_ok = model is not None and card is not None and all(c.passed for c in checks)
     if contract_ok:
-        checks.append(_smoke(model_path, card))
-    if contract_ok and checks[-1].passed:
-        threshold = params.admission_fraction * params.target
-        metric = params.target_metric
-        try:
-            from cityloop.models.evaluate import evaluate_onnx
-
-            metrics = evaluate_onnx(model_path, card, store.root, params.benchmark,
-                                    classes=model_classes(card) or None)
-            value = metrics.get(metric)
-            checks.append(Check("benchmark", value is not None and value >= threshold, value, threshold,
-                                f"{metric} on {metrics['benchmark']} (classes {model_classes(card)}) >= "
-                                f"{params.admission_fraction} x target {params.target}"))
-        except Exception as exc:  # noqa: BLE001 - the partner's graph failing on real frames is a rejection
-            checks.append(Check("benchmark", False, None, threshold,
-                                f"benchmark run failed: {type(exc).__name__}: {exc}"[:500]))
+        metrics = _sandboxed_checks(checks, model_path, card, gate)
 
     admitted = all(c.passed for c in checks) and metrics is not None
     name = card.name if card is not None and _valid_name(card.name) else _slug(pkg.name)
@@ -476,5 +629,9 @@ def _slug(text: str) -> str:
     return s or "package"
 
 
-__all__ = ["AdmissionReport", "admit", "check_classes", "check_domains", "check_external_data", "check_input",
-           "check_opset", "check_outputs"]
+__all__ = ["AdmissionReport", "admit", "check_card", "check_classes", "check_domains", "check_external_data",
+           "check_input", "check_opset", "check_outputs", "run_sandboxed"]
+
+
+if __name__ == "__main__":  # the sandbox's child (run_sandboxed)
+    sys.exit(_child_main())

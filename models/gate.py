@@ -50,6 +50,10 @@ class RegistryParams:
     parity_tolerance: float = DEFAULT_PARITY_TOLERANCE  # max |torch - onnx| output difference
     admission_fraction: float = 0.9  # a partner model needs target_metric >= fraction * target
     max_model_mb: float = 50.0  # partner package size limit (model.onnx + external data)
+    # partner admission's sandbox: the child process that opens and benchmarks the partner's graph
+    # (address space, wall time); its declared input H x W is held to limits.max_image_pixels first
+    admission_memory_mb: float = 4096.0
+    admission_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,6 +68,10 @@ class RegistryParams:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 problems.append(f"{key} must be a number >= 0: {value!r}")
+        for key in ("admission_memory_mb", "admission_timeout_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                problems.append(f"{key} must be a number > 0: {value!r}")
         if problems:
             raise ValueError("invalid registry params: " + "; ".join(problems))
 

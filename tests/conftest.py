@@ -120,7 +120,9 @@ def labelstudio(tmp_path_factory: pytest.TempPathFactory):
     lifecycle code from its venv (`make install` creates it), data in a temp dir, on 127.0.0.1."""
     state = tmp_path_factory.mktemp("labelstudio")
     server = LabelStudioServer(state, port=free_port(), state_dir=state / "ls", venv=REPO / ".venv-labelstudio")
-    server.start(timeout=300)
+    with pytest.MonkeyPatch.context() as mp:  # a secret of the caller's shell the server must not inherit
+        mp.setenv("CITYLOOP_TEST_SECRET", "parent-shell-secret-not-for-servers")
+        server.start(timeout=300)
     yield server
     server.stop()
 

@@ -8,10 +8,12 @@ client), retried on 503 (SQLite busy, see STACK-NOTES).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -35,9 +37,13 @@ def _cli(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+AUTH: dict[str, tuple[str, str]] = {}  # API URL -> the stack's basic auth (the stack fixture fills it)
+SECRET, STRANGER = "CITYLOOP_TEST_SECRET", "OTHER_TOOL_TOKEN"  # set in the shell that runs `cityloop up`
+
+
 def _api(api: str, method: str, path: str, body=None, tries: int = 8):
     for i in range(tries):
-        r = requests.request(method, f"{api}{path}", json=body, timeout=15)
+        r = requests.request(method, f"{api}{path}", json=body, timeout=15, auth=AUTH.get(api))
         if r.status_code != 503:
             r.raise_for_status()
             return r.json() if r.content else None
@@ -75,6 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CITYLOOP_ROOT", str(ws))
+        mp.setenv(SECRET, "parent-shell-secret-not-for-servers")
+        mp.setenv(STRANGER, "another-tools-token")
         t0 = time.monotonic()
         res = _cli("up", "--port", str(port), "--no-labelstudio")
         assert res.exit_code == 0, res.output
@@ -82,7 +90,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         from cityloop.stack import Stack
 
         st = Stack(ws)
-        yield {"root": ws, "port": port, "api": f"http://127.0.0.1:{port}/api", "url": f"http://127.0.0.1:{port}",
+        api = f"http://127.0.0.1:{port}/api"
+        user, _, password = st.auth_string().partition(":")
+        AUTH[api] = (user, password)
+        yield {"root": ws, "port": port, "api": api, "url": f"http://127.0.0.1:{port}",
                "up_output": res.output, "stack": st}
         st.down()  # idempotent: a no-op after test_down_stops_everything
 
@@ -177,7 +188,11 @@ def test_the_ui_deployments_page_shows_every_deployment(stack):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
-            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            # what the UI's login page stores once the operator types the auth string
+            password = base64.b64encode(stack["stack"].auth_string().encode()).decode()
+            context.add_init_script(f"localStorage.setItem('prefect-password', '{password}')")
+            page = context.new_page()
             page.goto(f"{stack['url']}/deployments", timeout=60_000)
             page.get_by_text("on-new-labels").first.wait_for(timeout=60_000)
             page.wait_for_timeout(1000)
@@ -213,6 +228,69 @@ def test_status_lists_components_and_deployments(stack):
     props = dep["parameter_openapi_schema"]["properties"]
     assert props["data"]["description"].startswith("dataset version to train on")
     assert props["promote"]["type"] == "boolean"
+
+
+@pytest.mark.slow
+def test_the_api_refuses_strangers_and_other_origins(stack):
+    """A web page the operator opens cannot start `weekly-report` with out=/any/dir: no auth, no run."""
+    api, url = stack["api"], stack["url"]
+    dep = _deployment(api, "weekly-report/weekly")
+    runs_before = len(_api(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}))
+    run = f"{api}/deployments/{dep['id']}/create_flow_run"
+    hostile = {"parameters": {"out": "/tmp/anywhere"}}
+    assert requests.post(run, json=hostile, timeout=10).status_code == 401  # no credentials
+    assert requests.post(run, json=hostile, timeout=10, auth=("cityloop", "guess")).status_code == 401
+    assert requests.post(run, json=hostile, timeout=10, headers={"Origin": "http://evil.example"}).status_code == 401
+    assert requests.post(f"{api}/flow_runs/filter", json={}, timeout=10).status_code == 401
+    assert requests.get(f"{api}/health", timeout=10).ok  # the liveness probe stays open
+    runs_after = _api(api, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
+    assert len(runs_after) == runs_before  # nothing was started
+    # CORS: the browser lets only the server's own UI read answers or send credentials
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    evil = requests.options(run, headers={"Origin": "http://evil.example", **preflight}, timeout=10)
+    assert "access-control-allow-origin" not in evil.headers, dict(evil.headers)
+    plain = requests.get(f"{api}/health", headers={"Origin": "http://evil.example"}, timeout=10)
+    assert "access-control-allow-origin" not in plain.headers, dict(plain.headers)
+    own = requests.options(run, headers={"Origin": url, **preflight}, timeout=10)
+    assert own.headers.get("access-control-allow-origin") == url, dict(own.headers)
+
+
+@pytest.mark.slow
+def test_the_control_room_files_are_private_and_children_get_a_minimal_env(stack):
+    root, st = stack["root"], stack["stack"]
+    state = root / ".cityloop"
+    for d in (state, state / "stack", state / "prefect"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    files = [state / "prefect" / "prefect.db", st.credentials_file, st.server.log_file, st.serve.log_file,
+             st.server.pid_file]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    auth = st.auth_string()
+    assert auth and auth.startswith("cityloop:") and len(auth) > 30
+    for log in (st.server.log_file, st.serve.log_file):
+        assert auth.split(":", 1)[1] not in log.read_text(errors="replace"), log  # the secret is never logged
+    server, serve = _group_environs(st.server.pid()), _group_environs(st.serve.pid())
+    assert server and serve
+    for env in server:  # the server and every worker it spawned
+        assert SECRET not in env and STRANGER not in env and "PREFECT_API_URL" not in env
+        assert env["PREFECT_SERVER_API_AUTH_STRING"] == auth and "PATH" in env
+    for env in serve:  # the serve process gets the project's settings, not another tool's token
+        assert STRANGER not in env
+        assert env["PREFECT_API_AUTH_STRING"] == auth and env["PREFECT_API_URL"] == stack["api"]
+
+
+def _group_environs(pgid: int | None) -> list[dict[str, str]]:
+    """The environment of every live process in the process group `pgid`."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[2] != str(pgid):
+                continue
+            raw = (proc / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        out.append(dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv))
+    return out
 
 
 @pytest.mark.slow
@@ -278,6 +356,30 @@ def test_deployments_have_names_schedules_triggers_and_described_parameters(work
     assert label.expect == {"cityloop.hard-examples.ready"}
     assert label.parameters["data"] == "{{ event.payload.version }}"
     assert deps["train/on-new-labels"]._parameter_openapi_schema.properties["data"]["type"] == "string"
+
+
+def test_children_get_only_the_environment_they_need(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    from cityloop.stack import Stack
+
+    for key, value in ((SECRET, "x"), (STRANGER, "y"), ("PREFECT_API_URL", "http://elsewhere:4200/api"),
+                       ("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect"),
+                       ("LABEL_STUDIO_API_KEY", "ls-token")):
+        monkeypatch.setenv(key, value)
+    st = Stack(workspace, prefect_port=free_port())
+    auth = st.auth_string(create=True)
+    server, serve = st.server_env(auth), st.serve_env(auth)
+    assert not {SECRET, STRANGER, "LABEL_STUDIO_API_KEY", "PREFECT_API_URL"} & set(server)
+    assert server["PREFECT_API_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://db/prefect"  # the user's own
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"].split(",") == [f"http://127.0.0.1:{st.port}",
+                                                                            f"http://localhost:{st.port}"]
+    assert STRANGER not in serve and serve["PREFECT_API_URL"] == st.api_url  # never another server's
+    assert serve["PREFECT_API_AUTH_STRING"] == auth and serve["LABEL_STUDIO_API_KEY"] == "ls-token"  # flows need it
+    assert stat.S_IMODE(st.credentials_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(st.state.stat().st_mode) == 0o700
+    assert Stack(workspace).auth_string(create=True) == auth  # generated once, then reused
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "ops:from-the-vault")
+    assert st.auth_string() == "ops:from-the-vault"  # the environment overrides the file
 
 
 def test_stale_pid_files_are_removed(workspace: Path):

@@ -69,7 +69,8 @@ def up(
     ls = st.get("labelstudio")
     console.print(f"Prefect UI:   [bold]{stack.url}[/]  (deployments: {stack.url}/deployments, "
                   f"runs: {stack.url}/runs)\n"
-                  f"Prefect API:  {stack.api_url}  (export PREFECT_API_URL={stack.api_url} to run flows against it)"
+                  f"Prefect API:  {stack.api_url}  (export PREFECT_API_URL={stack.api_url} and PREFECT_API_AUTH_STRING "
+                  f"from {stack.credentials_file} to run flows against it; the UI asks for that string once)"
                   + (f"\nLabel Studio: [bold]{ls.url}[/]  (login: .cityloop/labelstudio/credentials.env)"
                      if ls.running else "") + "\nStop with: cityloop down")
 

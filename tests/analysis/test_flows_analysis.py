@@ -50,3 +50,18 @@ def test_patrol_fans_out_then_the_weekly_report_runs(prefect_harness, clips, tmp
     assert Path(rep.result()["html"]).exists() and rep.result()["total"] > 0
     dep = weekly_deployment(str(tmp_path))
     assert dep.schedules[0].schedule.cron == "0 7 * * 1"
+
+
+def test_the_patrol_cluster_admits_only_its_own_run():
+    from distributed import Client, LocalCluster
+
+    from cityloop.flows.patrol import task_runner
+
+    kwargs = {**task_runner(workers=1).cluster_kwargs, "processes": False}  # the same settings, in-process
+    with LocalCluster(**kwargs) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        with Client(cluster) as own:  # the run holds the temporary credentials
+            assert own.submit(sum, [1, 2]).result() == 3
+        with pytest.raises((OSError, TimeoutError)):  # anyone else: refused at the handshake
+            Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=3)
+

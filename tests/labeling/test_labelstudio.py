@@ -65,6 +65,29 @@ def test_server_up_is_idempotent_and_a_stale_pid_file_is_handled(labelstudio, tm
     assert creds.password not in log and creds.token not in log and "***" in repr(creds)
 
 
+def test_the_database_holding_the_admin_token_is_private_and_the_server_env_minimal(labelstudio):
+    import stat
+
+    db = labelstudio.data_dir / "label_studio.sqlite3"
+    assert labelstudio.credentials().token.encode() in db.read_bytes()  # why it must be private
+    for d in (labelstudio.state, labelstudio.data_dir, labelstudio.media):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    for f in (db, labelstudio.state / "credentials.env", labelstudio.log_file):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    pgid = labelstudio.pid()
+    envs = []
+    for proc in Path("/proc").glob("[0-9]*"):  # the server and the workers it spawned
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[2] == str(pgid):
+                envs.append((proc / "environ").read_bytes())
+        except (OSError, IndexError):
+            continue
+    assert envs
+    for env in envs:  # set in the shell that started it (tests/conftest.py), not passed on
+        assert b"CITYLOOP_TEST_SECRET" not in env and b"LABEL_STUDIO_API_KEY=" not in env
+        assert b"LABEL_STUDIO_USER_TOKEN=" in env and b"PATH=" in env
+
+
 def test_round_trip_push_annotate_pull_matches_ground_truth_box_by_box(labelstudio, lws: ModelWorkspace):
     proj = project(labelstudio, lws, "round-trip")
     # the tiny test model is unsure on field frames: show its boxes from 0.1 (params default 0.3)
