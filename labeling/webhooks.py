@@ -4,28 +4,36 @@ Label Studio posts each new or changed annotation here with a shared secret in a
 the receiver checks it (constant-time), records each annotation once in SQLite (so a retried
 delivery or a restart never double-counts), and calls `on_label` for every new label and
 `on_threshold` each time `every` new labels have landed since the last call: the hook the
-flows use to emit Prefect events that start retraining. Pure stdlib; no Prefect here.
+flows use to emit Prefect events that start retraining. No Prefect here: the server is
+Starlette under uvicorn (cityloop.core.web: 127.0.0.1, JSON bodies only, a body limit, timeouts,
+bounded concurrency).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cityloop.core.web import send_json
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from cityloop.core.web import HttpServer, Limits, json_response, read_json, same_secret
+from cityloop.core.web import make_app as web_app
 
 WEBHOOK_SECRET_ENV = "CITYLOOP_WEBHOOK_SECRET"
 
 SECRET_HEADER = "X-Cityloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 MAX_BODY = 2 * 1024 * 1024
+LIMITS = Limits(max_body=MAX_BODY)
 
 
 class LabelCounter:
@@ -67,52 +75,42 @@ class LabelCounter:
 
 
 class WebhookReceiver:
-    """ThreadingHTTPServer on 127.0.0.1; `start()` runs it in a thread, `serve_forever()` in the foreground."""
+    """The receiver's server (Starlette under uvicorn, 127.0.0.1): `start()` runs it in a thread,
+    `server.serve_forever()` in the foreground, `stop()` ends it. The port is bound at once, so `url`
+    is known before serving (to register it with Label Studio)."""
 
     def __init__(self, counter: LabelCounter, secret: str, host: str = "127.0.0.1", port: int = 0,
                  on_label: Callable[[dict], None] | None = None,
-                 on_threshold: Callable[[int, dict], None] | None = None) -> None:
+                 on_threshold: Callable[[int, dict], None] | None = None, limits: Limits = LIMITS) -> None:
         if not secret:
             raise ValueError("a webhook secret is required (set CITYLOOP_WEBHOOK_SECRET)")
-        self.counter, self._secret = counter, secret.encode()
+        self.counter, self._secret = counter, secret
         self.on_label, self.on_threshold = on_label, on_threshold
         self.errors: list[str] = []
-        self.server = ThreadingHTTPServer((host, port), self._handler())
-        self._thread: threading.Thread | None = None
+        self.server = HttpServer(self._app(limits), host, port, limits, name="webhooks")
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/webhook"
+        return f"{self.server.url}/webhook"
 
-    def _handler(self):
-        receiver = self
+    def _app(self, limits: Limits) -> ASGIApp:
+        def health(request: Request) -> Response:
+            return json_response({"ok": True, **self.counter.counts()})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # headers carry the secret: never log requests
-                pass
+        async def webhook(request: Request) -> Response:
+            # the secret before a byte of the body is read; headers carry it: nothing here logs a request
+            if not same_secret(request.headers.get(SECRET_HEADER), self._secret):
+                raise HTTPException(401, f"missing or wrong {SECRET_HEADER}")
+            payload = await read_json(request) if int(request.headers.get("content-length") or 0) else {}
+            try:
+                if not isinstance(payload, dict):
+                    raise TypeError("the payload is not a JSON object")
+                return json_response(await run_in_threadpool(self.handle, payload))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise HTTPException(400, f"not a Label Studio annotation webhook: {exc}") from None
 
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/health":
-                    return send_json(self, 200, {"ok": True, **receiver.counter.counts()})
-                send_json(self, 404, {"error": "POST /webhook"})
-
-            def do_POST(self) -> None:
-                if self.path.rstrip("/") != "/webhook":
-                    return send_json(self, 404, {"error": "POST /webhook"})
-                given = (self.headers.get(SECRET_HEADER) or "").encode()
-                if not hmac.compare_digest(given, receiver._secret):
-                    return send_json(self, 401, {"error": f"missing or wrong {SECRET_HEADER}"})
-                size = int(self.headers.get("Content-Length") or 0)
-                if size > MAX_BODY:
-                    return send_json(self, 413, {"error": f"payload over {MAX_BODY} bytes"})
-                try:
-                    payload = json.loads(self.rfile.read(size) or b"{}")
-                    send_json(self, 200, receiver.handle(payload))
-                except (ValueError, KeyError, TypeError) as exc:
-                    send_json(self, 400, {"error": f"not a Label Studio annotation webhook: {exc}"})
-
-        return Handler
+        return web_app([Route(p, health) for p in ("/health", "/health/")]
+                       + [Route(p, webhook, methods=["POST"]) for p in ("/webhook", "/webhook/")], limits)
 
     def handle(self, payload: dict) -> dict:
         """Count the annotations of one delivery; call the hooks (their failures never lose a count)."""
@@ -144,13 +142,11 @@ class WebhookReceiver:
             self.errors.append(f"{getattr(fn, '__name__', fn)}: {exc}")
 
     def start(self) -> WebhookReceiver:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def register(ls, project_id: int, url: str, secret: str) -> int:

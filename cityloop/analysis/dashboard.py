@@ -1,6 +1,7 @@
 """The one-screen dashboard: live events, per-camera model versions and health, the loop's
-accuracy curve. A small stdlib HTTP server (127.0.0.1) over the event store, the edge nodes'
-status files and the registry; the page reloads itself every few seconds.
+accuracy curve. A small read-only server (Starlette under uvicorn, 127.0.0.1; cityloop.core.web)
+over the event store, the edge nodes' status files and the registry; the page reloads itself every
+few seconds. It has no route that changes anything; one that did would need a token.
 
     /            the page          /api/state   the same as JSON      /snapshot/<event id>   its JPEG
 """
@@ -9,20 +10,28 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
 from cityloop.analysis.figures import accuracy_curve
 from cityloop.analysis.store import EventStore, iso
-from cityloop.core.web import send_bytes, send_json
+from cityloop.core.web import HttpServer, Limits, json_response
+from cityloop.core.web import make_app as web_app
 from cityloop.scenarios import registry
 
 REFRESH_S = 5
+LIMITS = Limits(max_body=0)  # read-only: no request has a body
+# the page has no script and loads nothing from elsewhere: inline styles, its own snapshots, nothing else
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
 
 
 def node_status(root: Path) -> list[dict[str, Any]]:
@@ -133,52 +142,50 @@ td,th{{border:1px solid #ddd;padding:2px 6px}}th{{background:#f3f4f6;text-align:
 
 
 class Dashboard:
-    """The server; `start()` in a thread (tests, the CLI), `stop()` closes it."""
+    """The server (Starlette under uvicorn on 127.0.0.1, read-only: GET routes only, so it needs no
+    token); `start()` in a thread (tests, the CLI), `stop()` closes it."""
 
     def __init__(self, store: EventStore, root: Path, port: int = 0, edge_root: Path | None = None) -> None:
         self.store, self.root, self.edge_root = store, Path(root), edge_root
-        dash = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                try:
-                    dash._get(self)
-                except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
-                    send_bytes(self, 500, "text/plain", f"dashboard error: {exc}".encode())
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread: threading.Thread | None = None
+        routes = [Route("/", self._page), Route("/index.html", self._page), Route("/api/state", self._api),
+                  Route("/snapshot/{event_id}", self._snapshot)]
+        self.server = HttpServer(web_app(routes, LIMITS, {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
+                                                          "Referrer-Policy": "no-referrer"}),
+                                 "127.0.0.1", port, LIMITS, name="dashboard")
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _get(self, h: BaseHTTPRequestHandler) -> None:
-        if h.path in ("/", "/index.html"):
-            send_bytes(h, 200, "text/html; charset=utf-8", render(self.state()).encode())
-        elif h.path == "/api/state":
-            send_json(h, 200, self.state(), default=str)
-        elif h.path.startswith("/snapshot/"):
-            ev = self.store.get(h.path.rsplit("/", 1)[-1])
+    def _page(self, request: Request) -> Response:
+        return _answer(lambda: HTMLResponse(render(self.state())))
+
+    def _api(self, request: Request) -> Response:
+        return _answer(lambda: json_response(self.state(), default=str))
+
+    def _snapshot(self, request: Request) -> Response:
+        def find() -> Response:
+            ev = self.store.get(request.path_params["event_id"])
             if ev is None or not ev.snapshot or not Path(ev.snapshot).is_file():
-                send_bytes(h, 404, "text/plain", b"no snapshot")
-            else:
-                send_bytes(h, 200, "image/jpeg", Path(ev.snapshot).read_bytes())
-        else:
-            send_bytes(h, 404, "text/plain", b"not found")
+                return PlainTextResponse("no snapshot", 404)
+            return Response(Path(ev.snapshot).read_bytes(), media_type="image/jpeg")
+        return _answer(find)
 
     def state(self) -> dict[str, Any]:
         return state(self.store, self.root, self.edge_root)
 
     def start(self) -> Dashboard:
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="dashboard")
-        self.thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
+
+
+def _answer(make: Callable[[], Response]) -> Response:
+    """The response, or a 500 that says why (the server keeps serving)."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+        return PlainTextResponse(f"dashboard error: {exc}", 500)

@@ -7,7 +7,10 @@ against its sha256, written to `<root>/data/inbox/edge/images/<sha>.jpg` and its
 and only then acknowledged. A frame already stored is acknowledged again and not rewritten, so
 at-least-once uploads store every example exactly once. `received.jsonl` logs every receipt.
 
-An optional token (`CITYLOOP_INBOX_TOKEN` in the environment) guards it.
+Closed by default: every upload needs `Authorization: Bearer <token>`, the token from
+`CITYLOOP_INBOX_TOKEN`, else from `<root>/.cityloop/inbox/token` (0600), generated on the first start.
+The server is Starlette under uvicorn (cityloop.core.web): 127.0.0.1, JSON bodies only, a body limit,
+timeouts and bounded concurrency.
 `inbox_ingest` feeds the inbox to the governance ingest (`source="edge-hard"`, split pool).
 """
 
@@ -17,24 +20,37 @@ import argparse
 import base64
 import binascii
 import hashlib
-import hmac
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cityloop.core.web import send_json
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from cityloop.core.images import ImageRefused, check_image, image_limit
+from cityloop.core.web import HttpServer, Limits, json_response, read_json, require_bearer, token_from
+from cityloop.core.web import make_app as web_app
 
 INBOX = Path("data") / "inbox" / "edge"
 TOKEN_ENV = "CITYLOOP_INBOX_TOKEN"
+TOKEN_FILE = Path(".cityloop") / "inbox" / "token"
 MAX_BODY = 32 << 20
+# an edge uplink may be slow (32 MiB at 1 Mbit/s is about 4.5 min) but must keep sending
+LIMITS = Limits(max_body=MAX_BODY, body_idle_s=30.0, body_total_s=600.0)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 META_KEYS = ("camera_id", "model_version", "reason", "score", "ts", "frame_index")
+MAX_TEXT = 200  # characters of camera_id, model_version, reason
+MAX_TS = 4102444800  # 2100-01-01: a timestamp beyond it is a unit error (ms, µs), not a time
 
 
 class InboxStore:
@@ -44,6 +60,7 @@ class InboxStore:
         self.dir = Path(root) / INBOX
         self.images = self.dir / "images"
         self.meta = self.dir / "meta"
+        self.max_pixels = image_limit(Path(root))
         self._lock = threading.Lock()
 
     def put(self, ex: dict, node: str) -> bool:
@@ -60,6 +77,11 @@ class InboxStore:
         missing = [k for k in META_KEYS if k not in ex]
         if missing:
             raise ValueError(f"{sha}: missing fields {missing}")
+        check_meta(sha, ex)
+        try:  # the header only: a decompression bomb is refused here, not in a later ingest
+            check_image(data, self.max_pixels)
+        except ImageRefused as exc:
+            raise ValueError(f"{sha}: image refused: {exc}") from None
         meta = {"sha256": sha, **{k: ex[k] for k in META_KEYS}, "node": node, "received": time.time()}
         img_path, meta_path = self.images / f"{sha}.jpg", self.meta / f"{sha}.json"
         with self._lock:
@@ -77,6 +99,24 @@ class InboxStore:
         return [json.loads(p.read_text()) for p in sorted(self.meta.glob("*.json"))] if self.meta.exists() else []
 
 
+def check_meta(sha: str, ex: dict) -> None:
+    """ValueError naming the field when a hard example's metadata has the wrong type or size: what the
+    inbox stores is later read by the governance ingest, so one `"ts": "x"` must not stop every ingest."""
+    for key in ("camera_id", "model_version", "reason"):
+        v = ex[key]
+        if not isinstance(v, str) or not 0 < len(v) <= MAX_TEXT or not v.isprintable():
+            raise ValueError(f"{sha}: {key} must be printable text of 1..{MAX_TEXT} characters")
+    for key in ("score", "ts"):
+        v = ex[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{sha}: {key} must be a finite number, not {type(v).__name__} {str(v)[:20]!r}")
+    if not 0 <= ex["ts"] <= MAX_TS:
+        raise ValueError(f"{sha}: ts must be seconds since 1970 (0..{MAX_TS}), not {ex['ts']}")
+    v = ex["frame_index"]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{sha}: frame_index must be a whole number >= 0, not {str(v)[:20]!r}")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -91,53 +131,49 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def make_handler(store: InboxStore) -> type[BaseHTTPRequestHandler]:
-    """The request handler bound to one store."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:  # quiet: receipts go to received.jsonl
-            pass
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                return send_json(self, 200, {"ok": True, "examples": len(list(store.meta.glob("*.json")))
-                                         if store.meta.exists() else 0})
-            send_json(self, 404, {"error": "not found"})
-
-        def do_POST(self) -> None:
-            if self.path != "/v1/hard-examples":
-                return send_json(self, 404, {"error": "not found"})
-            token = os.environ.get(TOKEN_ENV)
-            given = self.headers.get("Authorization", "")
-            if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return send_json(self, 401, {"error": "missing or wrong inbox token"})
-            length = int(self.headers.get("Content-Length") or 0)
-            if length <= 0 or length > MAX_BODY:
-                return send_json(self, 413 if length else 411, {"error": f"body must be 1..{MAX_BODY} bytes"})
-            try:
-                body = json.loads(self.rfile.read(length))
-                examples, node = body["examples"], str(body.get("node", "?"))
-                if not isinstance(examples, list):
-                    raise ValueError("examples must be a list")
-            except (ValueError, KeyError, TypeError) as exc:
-                return send_json(self, 400, {"error": f"bad request: {exc}"})
-            acked, duplicates, errors = [], [], []
-            for ex in examples:
-                try:
-                    (acked if store.put(ex, node) else duplicates).append(ex["sha256"])
-                except (ValueError, TypeError, AttributeError) as exc:
-                    errors.append(str(exc))
-            send_json(self, 200, {"acked": acked + duplicates, "new": len(acked), "duplicates": len(duplicates),
-                              "errors": errors})
-
-    return Handler
+def inbox_token(root: Path, create: bool = False) -> str | None:
+    """The inbox's bearer token: $CITYLOOP_INBOX_TOKEN when set, else `<root>/.cityloop/inbox/token`
+    (mode 0600, generated by the inbox's first start when `create`). Edge nodes of the same workspace
+    read the same file; a node on another machine gets the variable."""
+    return token_from(TOKEN_ENV, Path(root) / TOKEN_FILE, create)
 
 
-def serve_inbox(root: Path, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """A started-but-not-serving server; call serve_forever() (or run it in a thread)."""
-    return ThreadingHTTPServer((host, port), make_handler(InboxStore(root)))
+def make_app(store: InboxStore, token: str, limits: Limits = LIMITS) -> ASGIApp:
+    """The inbox as an ASGI app bound to one store; every upload must carry `Bearer <token>`."""
+    if not token:
+        raise ValueError("the inbox needs a token (closed by default)")
+
+    def health(request: Request) -> Response:
+        n = len(list(store.meta.glob("*.json"))) if store.meta.exists() else 0
+        return json_response({"ok": True, "examples": n})
+
+    async def receive(request: Request) -> Response:
+        require_bearer(request, token, "inbox token")  # before a byte of the body is read
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
+            raise HTTPException(400, 'bad request: expected {"examples": [...], "node": NAME}')
+        return json_response(await run_in_threadpool(_store_all, store, body["examples"], str(body.get("node", "?"))))
+
+    return web_app([Route("/healthz", health), Route("/v1/hard-examples", receive, methods=["POST"])], limits)
+
+
+def _store_all(store: InboxStore, examples: list, node: str) -> dict:
+    """Store each example; a malformed one is reported in `errors` and never acked (the node resends it)."""
+    acked, duplicates, errors = [], [], []
+    for ex in examples:
+        try:
+            (acked if store.put(ex, node) else duplicates).append(ex["sha256"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            errors.append(str(exc))
+    return {"acked": acked + duplicates, "new": len(acked), "duplicates": len(duplicates), "errors": errors}
+
+
+def serve_inbox(root: Path, port: int, host: str = "127.0.0.1", limits: Limits = LIMITS) -> HttpServer:
+    """The inbox's server, bound but not serving: `start()` (a thread) or `serve_forever()`.
+    Its token is generated on the first start (see `inbox_token`)."""
+    token = inbox_token(root, create=True)
+    assert token is not None
+    return HttpServer(make_app(InboxStore(root), token, limits), host, port, limits, name="inbox")
 
 
 def inbox_ingest(root: Path, dataset: str = "edge-hard", push: bool = False):
@@ -179,7 +215,8 @@ def main() -> None:  # pragma: no cover - `python -m edge.inbox --root R --port 
     ap.add_argument("--host", default="127.0.0.1")
     a = ap.parse_args()
     srv = serve_inbox(a.root, a.port, a.host)
-    print(f"inbox listening on http://{a.host}:{a.port} -> {InboxStore(a.root).dir}", flush=True)
+    where = TOKEN_ENV if os.environ.get(TOKEN_ENV) else a.root / TOKEN_FILE
+    print(f"inbox listening on {srv.url} -> {InboxStore(a.root).dir} (token: {where})", flush=True)
     srv.serve_forever()
 
 

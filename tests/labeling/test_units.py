@@ -4,6 +4,8 @@ the labeling-batch gate and the webhook receiver (over real HTTP on 127.0.0.1)."
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -137,8 +139,9 @@ def test_the_batch_gate_names_each_malformed_task():
 
 
 def post(url: str, body: dict, secret: str | None) -> requests.Response:
+    """As Label Studio delivers a webhook: a JSON body (requests' json=) with the secret header."""
     headers = {SECRET_HEADER: secret} if secret is not None else {}
-    return requests.post(url, data=json.dumps(body), headers=headers, timeout=5)
+    return requests.post(url, json=body, headers=headers, timeout=5)
 
 
 def test_webhook_receiver_checks_the_secret_counts_each_label_once_and_fires_every_n(tmp_path: Path):
@@ -160,6 +163,39 @@ def test_webhook_receiver_checks_the_secret_counts_each_label_once_and_fires_eve
     again = WebhookReceiver(LabelCounter(tmp_path / "w.sqlite", every=3), "s3cret")
     assert again.handle({"action": "ANNOTATION_CREATED", "annotation": {"id": 6}})["new"] == 0
     assert again.counter.counts()["ANNOTATION_CREATED"] == 6
+
+
+def _raw(address: tuple[str, int], head: str, timeout: float = 3.0) -> tuple[int, float]:
+    """One raw request (headers only, the body never sent): (status, seconds until the server closed)."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        t0 = time.monotonic()
+        s.sendall(head.encode())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return int(out.split(b" ", 2)[1]), time.monotonic() - t0
+
+
+def test_webhook_receiver_refuses_hostile_deliveries_at_once_without_reading_the_body(tmp_path: Path):
+    rx = WebhookReceiver(LabelCounter(tmp_path / "w.sqlite"), "s3cret").start()
+    try:
+        assert rx.server.server_address[0] == "127.0.0.1"
+        head = "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        # Content-Length: -1 once made the receiver read to EOF: now a 4xx before any read
+        status, took = _raw(rx.server.server_address, head + f"{SECRET_HEADER}: s3cret\r\nContent-Length: -1\r\n\r\n")
+        assert 400 <= status < 500 and took < 2.0
+        status, took = _raw(rx.server.server_address, head + f"{SECRET_HEADER}: s3cret\r\nContent-Length: "
+                                                      f"{100 * 1024 * 1024}\r\n\r\n")
+        assert status == 413 and took < 2.0  # over the limit: refused on the announced size
+        status, took = _raw(rx.server.server_address, head + f"{SECRET_HEADER}: guess\r\nContent-Length: 50\r\n\r\n")
+        assert status == 401 and took < 2.0  # the secret is checked before a byte of the body is awaited
+        body = json.dumps({"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 7}})
+        r = requests.post(rx.url, data=body, headers={SECRET_HEADER: "s3cret", "Content-Type": "text/plain"}, timeout=5)
+        assert r.status_code == 415 and "access-control-allow-origin" not in r.headers
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert rx.counter.counts().get("ANNOTATION_CREATED", 0) == 0  # nothing refused was counted
+    finally:
+        rx.stop()
 
 
 def test_server_credentials_come_from_the_environment_or_a_private_file_and_a_taken_port_is_refused(
