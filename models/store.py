@@ -10,12 +10,19 @@ models.export or models.components here.
 Layout under `<root>/data/models/` (one DVC-tracked directory, `data/models.dvc`):
 
     <name>/v<N>/model.onnx card.json [weights.pt ...]   a version: written once, files read-only
+    <name>/.tmp-v<N>-*/                                 a registration in progress (staged, renamed to v<N>)
     events.jsonl                                        append-only: who / what / when / why
     admissions/<timestamp>-<name>.json                  partner admission reports (models.admission)
 
 A version id is `"<name>:v<N>"`; `"<name>:latest"`, `"<name>:production"` (and `:staging`,
 `:candidate`, `:retired`: the newest version in that stage) resolve to one. Numbers are never
 reused, even if a version folder were deleted (the events log remembers it).
+
+Registration is atomic: the files are staged in `<name>/.tmp-v<N>-*`, made read-only and renamed to
+`v<N>` whole, then the "registered" event is appended (fsynced, on a fresh line: `core.jsonl`).
+That event is the commit record: `get`/`list` (hence `:latest`) see only folders that have one, so
+a registration killed half-way resolves as nothing; `leftovers()` lists what it left and
+`remove_leftovers()` (`cityloop models leftovers --remove`) deletes it.
 
 The card.json written at registration is immutable and keeps stage "candidate". The effective
 stage and the benchmark metrics live in the events log and are merged into the card that
@@ -44,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import hashlib
-import json
 import logging
 import os
 import re
@@ -56,6 +62,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cityloop.core.jsonl import append_jsonl, read_jsonl
 from cityloop.governance import versioning
 from cityloop.governance.schema import CLASSES
 from cityloop.models.card import STAGES, ModelCard
@@ -285,18 +292,13 @@ class ModelStore:
 
     # ------------------------------------------------------------------ events
     def events(self) -> list[dict[str, Any]]:
-        """Every event in order (a torn last line from a crash is skipped with a warning)."""
-        if not self.events_path.exists():
-            return []
-        out = []
-        for n, line in enumerate(self.events_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                log.warning("%s:%d is not JSON; skipped", self.events_path, n)
-        return out
+        """Every complete event in order (a line torn by a crash is skipped with a warning; see
+        `unreadable_lines`)."""
+        return [e for e in read_jsonl(self.events_path).records if isinstance(e.get("event"), str)]
+
+    def unreadable_lines(self) -> list[int]:
+        """Line numbers of events.jsonl that hold no event (torn by a crash): skipped by every reader."""
+        return read_jsonl(self.events_path).skipped
 
     @staticmethod
     def event(event: str, model_id: str | None, stage: str | None = None, why: str = "",
@@ -306,16 +308,9 @@ class ModelStore:
                 "data": data}
 
     def _append(self, events: list[dict[str, Any]]) -> None:
-        """Append events (caller holds the lock); one write, flushed to disk. A line torn by a crash
-        (no newline at the end of the file) is closed first, so it never swallows these events."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(e, default=str, separators=(",", ":")) + "\n" for e in events)
-        if _ends_torn(self.events_path):
-            text = "\n" + text
-        with open(self.events_path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append events (caller holds the lock): one write on a fresh line, fsynced (core.jsonl), so
+        a line torn by a crash never swallows them."""
+        append_jsonl(self.events_path, events)
 
     def state(self) -> StoreState:
         """The events log folded: stages, production history, registrations."""
@@ -345,6 +340,12 @@ class ModelStore:
             self._track_locked()
 
     # ------------------------------------------------------------------ reading
+    def _registered_dirs(self, state: StoreState) -> list[tuple[str, int, Path]]:
+        """The version folders whose registration completed: a "registered" event, written after the
+        folder was renamed into place, is the commit record; a folder without one is a leftover of a
+        killed registration (see `leftovers`) and resolves as nothing."""
+        return [(n, v, p) for n, v, p in self._version_dirs() if f"{n}:v{v}" in state.registered]
+
     def _version_dirs(self) -> list[tuple[str, int, Path]]:
         out = []
         if not self.dir.is_dir():
@@ -376,15 +377,15 @@ class ModelStore:
     def list(self, name: str | None = None) -> list[ModelVersion]:
         """Every registered version (of `name` when given), by name then version."""
         state = self.state()
-        return [self._load(n, v, p, state) for n, v, p in self._version_dirs() if name is None or n == name]
+        return [self._load(n, v, p, state) for n, v, p in self._registered_dirs(state) if name is None or n == name]
 
     def get(self, model_id: str) -> ModelVersion:
         """A version by id: "name:v3", "name:latest", "name:production" (or another stage)."""
         name, ref = split_id(model_id)
         state = self.state()
-        versions = [(v, p) for n, v, p in self._version_dirs() if n == name]
+        versions = [(v, p) for n, v, p in self._registered_dirs(state) if n == name]
         if not versions:
-            names = sorted({n for n, _, _ in self._version_dirs()})
+            names = sorted({n for n, _, _ in self._registered_dirs(state)})
             raise ModelNotFoundError(f"{model_id} not found: no model {name!r} is registered"
                                      + (f" (models: {', '.join(names)})" if names else " (registry is empty)"))
         available = ", ".join(f"{name}:v{v} ({state.stage.get(f'{name}:v{v}', 'candidate')})" for v, _ in versions)
@@ -420,6 +421,37 @@ class ModelStore:
                 problems.append(f"{rel}: content changed since registration")
         problems += [f"{rel}: not part of the registered version" for rel in present if rel not in mv.files]
         return problems
+
+    # ------------------------------------------------------------------ leftovers
+    def leftovers(self) -> list[dict[str, str]]:
+        """What killed registrations left behind, invisible to `get`/`list`: staging folders
+        (`<name>/.tmp-v<N>-*`) and version folders without a "registered" event. (A registered version
+        whose files changed is not a leftover: `verify` reports it.)"""
+        out: list[dict[str, str]] = []
+        if not self.dir.is_dir():
+            return out
+        registered = self.state().registered
+        for name_dir in sorted(self.dir.iterdir()):
+            if not name_dir.is_dir() or not NAME_RE.match(name_dir.name) or name_dir.name in RESERVED_NAMES:
+                continue
+            for d in sorted(name_dir.iterdir()):
+                if d.is_dir() and d.name.startswith(".tmp-v"):
+                    out.append({"path": str(d), "why": "staging folder of a registration that never finished"})
+                elif d.is_dir() and _VERSION_DIR_RE.match(d.name) and f"{name_dir.name}:{d.name}" not in registered:
+                    out.append({"path": str(d), "why": f"{name_dir.name}:{d.name} was never registered "
+                                                       "(no 'registered' event: the registration was killed)"})
+        return out
+
+    def remove_leftovers(self) -> list[dict[str, str]]:
+        """Delete `leftovers()` under the lock (no registration can be half-way then) and log it."""
+        with self.lock():
+            found = self.leftovers()
+            for item in found:
+                _remove_tree(Path(item["path"]))
+            if found:
+                self.write([self.event("leftovers_removed", None, why="half-written registrations removed",
+                                       paths=[i["path"] for i in found])])
+        return found
 
     # ------------------------------------------------------------------ register
     def register(self, model_path: Path, card: ModelCard, extra_files: Mapping[str, Path] | None = None,
@@ -462,6 +494,7 @@ class ModelStore:
             version = max(self.state().max_version(name),
                           max((v for n, v, _ in self._version_dirs() if n == name), default=0)) + 1
             mid = f"{name}:v{version}"
+            _remove_staging(self.dir / name)  # we hold the lock: any staging folder is a dead one's
             final = self.dir / name / f"v{version}"
             if final.exists():
                 raise RegistryError(f"{mid} already exists: versions are immutable")
@@ -477,11 +510,11 @@ class ModelStore:
                 stored.save(tmp / CARD_FILE)
                 digests = {p.relative_to(tmp).as_posix(): _sha256(p)
                            for p in sorted(tmp.rglob("*")) if p.is_file()}
-                os.rename(tmp, final)
+                _make_read_only(tmp)
+                os.rename(tmp, final)  # the folder appears whole; the "registered" event below commits it
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                _remove_tree(tmp)
                 raise
-            _make_read_only(final)
             events = [self.event("registered", mid, "candidate", why=f"registered from {source or model_path}",
                                  vendor=card.vendor, sha256=digests, parity=pinfo,
                                  size_bytes=sum((final / r).stat().st_size for r in digests),
@@ -496,17 +529,21 @@ class ModelStore:
         return self.get(mid)
 
 
-def _ends_torn(path: Path) -> bool:
-    """True when the file exists, is not empty and does not end with a newline."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return False
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) != b"\n"
-    except FileNotFoundError:
-        return False
+def _remove_tree(path: Path) -> None:
+    """Delete a folder, read-only version files included."""
+    if not path.exists():
+        return
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_staging(name_dir: Path) -> None:
+    """Remove the staging folders killed registrations left under `name_dir` (caller holds the lock)."""
+    for d in name_dir.glob(".tmp-v*") if name_dir.is_dir() else []:
+        log.warning("removing %s: the staging folder of a registration that never finished", d)
+        _remove_tree(d)
 
 
 def model_classes(card: ModelCard) -> list[str]:

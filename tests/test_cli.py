@@ -122,7 +122,8 @@ def test_models_list_json_and_a_narrow_table_keep_full_ids(workspace: Path, monk
     ids = [f"cityloop-detector-{LONG}:v12", "partner-detector-with-a-long-name:v3"]
     bench = {"benchmark": "field-bench@v1", "mAP50": 0.4567, "latency": {"batch1_median_ms": 12.5}}
     versions = [_model_version(ids[0], "production", bench), _model_version(ids[1], "candidate", None)]
-    monkeypatch.setattr(models_cli, "_store", lambda: SimpleNamespace(root=workspace, list=lambda name=None: versions))
+    monkeypatch.setattr(models_cli, "_store", lambda: SimpleNamespace(root=workspace, list=lambda name=None: versions,
+                                                                     leftovers=lambda: []))
     res = runner.invoke(app, ["models", "list", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)

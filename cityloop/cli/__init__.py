@@ -155,8 +155,11 @@ SOURCES = {"sim": "sim", "field": "field", "partner": "partner", "edge": "edge-h
 
 @app.callback()
 def main() -> None:
-    """Set quiet, non-telemetry defaults for the embedded stack."""
+    """Set quiet, non-telemetry defaults for the embedded stack; keep the workspace's state dir private."""
     quiet_env()
+    from cityloop.core.private import private_state
+
+    private_state(find_root())
 
 
 @contextmanager
@@ -256,10 +259,13 @@ def data_ingest(
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding processes.")] = None,
     push: Annotated[bool, typer.Option(help="Push the version to the DVC remote.")] = True,
     report: Annotated[Path | None, typer.Option(help="Write the ingest summary as JSON here.")] = None,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the workspace lock when another "
+                                                    "ingest, publish or registration holds it.")] = 1800,
 ) -> None:
     """Ingest frames through the Great Expectations gate and publish a DVC-versioned dataset."""
     from cityloop.governance.ingest import list_frames
     from cityloop.governance.repository import GateFailed, IngestParams
+    from cityloop.governance.versioning import WorkspaceBusyError
 
     root = find_root()
     if source not in SOURCES:
@@ -271,7 +277,11 @@ def data_ingest(
     with bar(f"ingest {name}", total) as advance:
         try:
             res = repo.ingest(src, name, SOURCES[source], split or cfg.split, split_by or cfg.split_by,
-                              annotations, workers or cfg.workers, push=push, progress=advance)
+                              annotations, workers or cfg.workers, push=push, progress=advance,
+                              lock_timeout=wait, on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"))
+        except WorkspaceBusyError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(3) from None
         except GateFailed as exc:
             err.print(f"[red bold]Gate failed: version not published.[/] Staged input kept in {exc.staging}")
             typer.echo(exc.result.report(), err=True)
@@ -568,8 +578,9 @@ def _demo_stack(root: Path) -> None:
     except StackError as exc:  # e.g. port 4200 taken: the demo still runs, on a temporary server
         err.print(f"[yellow]the local stack did not start ({exc}); running on a temporary Prefect server[/]")
         return
-    os.environ["PREFECT_API_URL"] = st.api_url
-    console.print(f"Prefect UI: {st.url} (runs and deployments; stop the stack with: cityloop down)")
+    os.environ.update(st.client_env())  # the API URL and its auth string (never printed)
+    console.print(f"Prefect UI: {st.url} (runs and deployments; its password is PREFECT_API_AUTH_STRING in "
+                  f"{st.credentials_file}; stop the stack with: cityloop down)")
 
 
 def _demo_loop(root: Path) -> None:

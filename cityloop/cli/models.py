@@ -133,6 +133,34 @@ def list_cmd(
         console.print("no model versions registered")
     else:
         print_table(versions_table(rows, metric), console)
+    if not json_out and (left := store.leftovers()):
+        err.print(f"[yellow]{len(left)} half-written registration(s) not listed: see `cityloop models leftovers`[/]")
+
+
+@app.command("leftovers")
+def leftovers_cmd(
+    remove: Annotated[bool, typer.Option(help="Delete them (under the workspace lock).")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """What killed registrations left behind (never resolved by :latest) and torn lines in the events log."""
+    store = _store()
+    try:
+        found = store.remove_leftovers() if remove else store.leftovers()
+    except ERRORS as exc:
+        raise _fail(exc) from exc
+    torn = store.unreadable_lines()
+    if json_out:
+        echo_json({"leftovers": found, "removed": remove, "unreadable_event_lines": torn})
+        return
+    for item in found:
+        console.print(f"{'removed' if remove else 'leftover'} {item['path']}: {item['why']}")
+    if torn:
+        console.print(f"{store.events_path}: {len(torn)} torn line(s) skipped by every reader (lines "
+                      f"{', '.join(map(str, torn[:10]))})")
+    if not found and not torn:
+        console.print("no leftovers: every version folder is a completed registration")
+    elif found and not remove:
+        console.print("run `cityloop models leftovers --remove` to delete them")
 
 
 @app.command("show")

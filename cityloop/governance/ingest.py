@@ -1,7 +1,9 @@
 """Ingest: read a folder of frames, content-address them, extract metadata, quarantine the rest.
 
 Nothing is dropped silently: every input file ends up either as a manifest row (possibly a
-duplicate of a frame already stored) or in the quarantine list with the reason.
+duplicate of a frame already stored) or in the quarantine list with the reason. Each file's header
+is checked (cityloop.core.images: PNG/JPEG, within `limits.max_image_pixels`) before a pixel is
+decoded, so a decompression bomb is one quarantined file, not a failed batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from cityloop.core.images import DEFAULT_MAX_PIXELS, ImageRefused, check_image
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half grey
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
@@ -62,13 +66,20 @@ class Scan:
         return [p for p in self.probes if not p.ok]
 
 
-def probe_bytes(rel: str, data: bytes) -> Probe:
-    """Decode fully (truncation shows only on load), then measure brightness and sharpness."""
+def probe_bytes(rel: str, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
+    """Check the header (format, size within `max_pixels`), then decode fully (truncation shows
+    only on load) and measure brightness and sharpness."""
     sha = hashlib.sha256(data).hexdigest()
     p = Probe(rel=rel, sha256=sha, ok=False, bytes=len(data))
     if not data:
         p.reason = "empty file"
         return p
+    try:
+        header = check_image(data, max_pixels)
+    except ImageRefused as exc:
+        p.reason = f"refused before decoding: {exc}"
+        return p
+    p.width, p.height, p.format, p.mode = header.width, header.height, header.format, header.mode
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -76,7 +87,7 @@ def probe_bytes(rel: str, data: bytes) -> Probe:
             exif = im.getexif() if p.format == "JPEG" else {}
             p.exif_time = exif.get(36867) or exif.get(306) if exif else None
             gray = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         p.reason = f"unreadable image: {exc}"
         return p
     if p.format not in EXT:
@@ -90,10 +101,10 @@ def probe_bytes(rel: str, data: bytes) -> Probe:
     return p
 
 
-def _probe_file(args: tuple[str, str]) -> tuple[Probe, bytes]:
-    root, rel = args
+def _probe_file(args: tuple[str, str, int]) -> tuple[Probe, bytes]:
+    root, rel, max_pixels = args
     data = (Path(root) / rel).read_bytes()
-    return probe_bytes(rel, data), data
+    return probe_bytes(rel, data, max_pixels), data
 
 
 def list_frames(src: Path) -> list[str]:
@@ -118,8 +129,9 @@ def read_metadata(src: Path) -> pd.DataFrame:
 
 
 def scan(src: Path, annotations: Path | None = None, workers: int = 1,
-         progress: Callable[[int], None] | None = None) -> Scan:
-    """Read every file of src (in `workers` processes), plus metadata and COCO annotations."""
+         progress: Callable[[int], None] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+    """Read every file of src (in `workers` processes), plus metadata and COCO annotations; an
+    image over `max_pixels` (its header says) is quarantined without being decoded."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
@@ -128,7 +140,7 @@ def scan(src: Path, annotations: Path | None = None, workers: int = 1,
     coco = json.loads(Path(ann_path).read_text()) if Path(ann_path).exists() else None
     if annotations and coco is None:
         raise FileNotFoundError(f"annotations file {annotations} does not exist")
-    jobs = [(str(src), rel) for rel in files]
+    jobs = [(str(src), rel, max_pixels) for rel in files]
     probes, data = [], {}
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 256 else None
     try:

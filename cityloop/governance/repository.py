@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from cityloop.core.images import image_limit
 from cityloop.core.settings import from_section, load_section
 from cityloop.governance import versioning
 from cityloop.governance.gate import GateParams, GateResult, find_suites, run_gate
@@ -47,6 +49,10 @@ class IngestParams:
         p = from_section(cls, d, "ingest")
         p.holdout = tuple(p.holdout)
         return p
+
+
+class StaleCandidateError(versioning.VersioningError):
+    """The dataset changed between prepare and publish (another ingest published): prepare again."""
 
 
 class GateFailed(RuntimeError):
@@ -87,6 +93,7 @@ class Candidate:
     new_frames: int
     duplicates: int
     relabeled: int = 0  # frames already in the dataset that received their first labels
+    base: str = ""  # the dataset state it was built on (DataRepository.base): publish refuses another
 
     @property
     def changes(self) -> bool:
@@ -140,27 +147,64 @@ class DataRepository:
     def ingest(self, src: Path, dataset: str, source: str = "sim", split: str = "auto",
                split_by: str = "frame", annotations: Path | None = None, workers: int = 1,
                push: bool = True, docs: bool = True,
-               progress: Callable[[int], None] | None = None) -> IngestResult:
+               progress: Callable[[int], None] | None = None,
+               lock_timeout: float = versioning.LOCK_TIMEOUT_S,
+               on_wait: Callable[[str], None] | None = None) -> IngestResult:
         """prepare → validate → publish: the dataset's next version exists only if the gate passed.
+
+        The source folder is read and decoded first, without the lock (it touches nothing in the
+        workspace); then building the candidate on the dataset's current state, the gate, the file
+        commit and the tag all run under the workspace lock, so two ingests into one dataset queue
+        and each version holds exactly its predecessor's frames plus its own. A second ingest waits
+        up to `lock_timeout` seconds (`on_wait` hears who holds the lock), then raises
+        versioning.WorkspaceBusyError naming the holder.
 
         Raises GateFailed (with the report) when the gate rejects; the staged packs and the
         quarantine then stay under .cityloop/staging/<ingest_id> and the dataset is unchanged.
         """
-        cand = self.prepare(src, dataset, source, split, split_by, annotations, workers, progress)
-        return self.publish(cand, self.validate(cand, docs), push)
+        self._check_options(dataset, split, split_by)
+        src = Path(src).resolve()
+        sc = scan(src, annotations, workers, progress, image_limit(self.root))
+        with versioning.workspace_lock(self.root, lock_timeout, on_wait):
+            cand = self._stage(sc, src, dataset, source, split, split_by)
+            return self.publish(cand, self.validate(cand, docs), push)
 
     def prepare(self, src: Path, dataset: str, source: str = "sim", split: str = "auto",
                 split_by: str = "frame", annotations: Path | None = None, workers: int = 1,
                 progress: Callable[[int], None] | None = None) -> Candidate:
-        """Read src, deduplicate, stage new packs and quarantine, and build the candidate version."""
+        """Read src, deduplicate, stage new packs and quarantine, and build the candidate version.
+
+        Takes no lock: a candidate records the dataset state it was built on, and publish refuses it
+        (StaleCandidateError) when another ingest published in between. `ingest` holds the lock
+        from here to the tag instead.
+        """
+        self._check_options(dataset, split, split_by)
+        src = Path(src).resolve()
+        sc = scan(src, annotations, workers, progress, image_limit(self.root))
+        return self._stage(sc, src, dataset, source, split, split_by)
+
+    @staticmethod
+    def _check_options(dataset: str, split: str, split_by: str) -> None:
         if split != "auto" and split not in SPLITS:
             raise ValueError(f"split {split!r} not one of auto, {', '.join(SPLITS)}")
         if split_by not in ("frame", "camera"):
             raise ValueError(f"split_by {split_by!r} not one of frame, camera")
         versioning.check_dataset_name(dataset)
+
+    def base(self, dataset: str) -> str:
+        """The dataset state a candidate builds on: its latest version and its workspace manifest."""
+        try:
+            versions = versioning.list_versions(self.root, dataset)
+        except versioning.CommandError:  # no git repository yet (a dry run's workspace): nothing published
+            versions = []
+        manifest = self.dataset_dir(dataset) / "manifest.parquet"
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "-"
+        return f"v{versions[-1].version if versions else 0}:{digest}"
+
+    def _stage(self, sc: Scan, src: Path, dataset: str, source: str, split: str, split_by: str) -> Candidate:
+        """Build the candidate from a scanned folder on the dataset's current state; stage its packs."""
         ingest_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        src = Path(src).resolve()
-        sc = scan(src, annotations, workers, progress)
+        base = self.base(dataset)
         staging = self.root / ".cityloop" / "staging" / ingest_id
         manifest, coco, new_bytes, relabeled = self._candidate(sc, src, dataset, source, split, split_by,
                                                                ingest_id)
@@ -173,7 +217,7 @@ class DataRepository:
         quarantined = self._quarantine(sc, src, staging / "quarantine")
         fresh = int((manifest["ingest_id"] == ingest_id).sum())
         return Candidate(dataset, ingest_id, staging, manifest, coco, _coco_rows(coco, manifest), quarantined,
-                         len(sc.probes), fresh, len(sc.good) - fresh, relabeled)
+                         len(sc.probes), fresh, len(sc.good) - fresh, relabeled, base)
 
     def validate(self, cand: Candidate, docs: bool = True) -> GateResult:
         """Run the Great Expectations gate on a candidate (Data Docs under reports/datadocs)."""
@@ -185,12 +229,27 @@ class DataRepository:
         (cand.staging / "gate.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
         return result
 
-    def publish(self, cand: Candidate, result: GateResult, push: bool = True) -> IngestResult:
-        """Move a gated candidate into data/ and record it as a DVC version (tag on cityloop/data)."""
-        out = IngestResult(cand.dataset, cand.ingest_id, cand.files, cand.new_frames, cand.duplicates,
-                           cand.quarantined, result)
+    def publish(self, cand: Candidate, result: GateResult, push: bool = True,
+                lock_timeout: float = versioning.LOCK_TIMEOUT_S) -> IngestResult:
+        """Move a gated candidate into data/ and record it as a DVC version (tag on cityloop/data).
+
+        Under the workspace lock (re-entered when `ingest` holds it). StaleCandidateError when the
+        dataset moved since the candidate was prepared: its files would drop the other version's
+        frames, so nothing is written and the staged input stays for a new prepare.
+        """
         if not result.success:
             raise GateFailed(result, cand.staging)
+        with versioning.workspace_lock(self.root, lock_timeout):
+            now = self.base(cand.dataset)
+            if cand.base and now != cand.base:
+                raise StaleCandidateError(
+                    f"{cand.dataset} changed since this candidate was prepared ({cand.base} -> {now}: another "
+                    f"ingest published); nothing written, prepare it again (staged input: {cand.staging})")
+            return self._publish_locked(cand, result, push)
+
+    def _publish_locked(self, cand: Candidate, result: GateResult, push: bool) -> IngestResult:
+        out = IngestResult(cand.dataset, cand.ingest_id, cand.files, cand.new_frames, cand.duplicates,
+                           cand.quarantined, result)
         if not cand.changes and not cand.quarantined and versioning.list_versions(self.root, cand.dataset):
             out.version = versioning.resolve(self.root, f"{cand.dataset}@latest")  # nothing new: no new version
             out.summary = out.version.summary
@@ -248,7 +307,8 @@ class DataRepository:
 
     def _commit_files(self, staging: Path, dataset: str, manifest: pd.DataFrame, coco: dict,
                       result: GateResult, ingest_id: str) -> None:
-        """Move staged packs and quarantine into data/, write the dataset's files."""
+        """Move staged packs and quarantine into data/, write the dataset's files (each replaced
+        whole: a crash leaves the old file or the new one, never half of one; version.json last)."""
         self.store.pack_dir.mkdir(parents=True, exist_ok=True)
         for pack in sorted((staging / "packs").glob("*.zip")) if (staging / "packs").exists() else []:
             shutil.move(str(pack), self.store.pack_dir / pack.name)
@@ -257,12 +317,14 @@ class DataRepository:
         self.store._index = None
         d = self.dataset_dir(dataset)
         d.mkdir(parents=True, exist_ok=True)
-        manifest.to_parquet(d / "manifest.parquet", index=False)
-        (d / "annotations.coco.json").write_text(json.dumps(coco))
-        (d / "gate.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        buf = io.BytesIO()
+        manifest.to_parquet(buf, index=False)
+        _replace(d / "manifest.parquet", buf.getvalue())
+        _replace(d / "annotations.coco.json", json.dumps(coco).encode())
+        _replace(d / "gate.json", json.dumps(result.to_dict(), indent=1, default=str).encode())
         version = versioning.next_version(self.root, dataset)
-        (d / "version.json").write_text(json.dumps({"dataset": dataset, "version": version,
-                                                    "id": f"{dataset}@v{version}", "ingest_id": ingest_id}))
+        _replace(d / "version.json", json.dumps({"dataset": dataset, "version": version,
+                                                 "id": f"{dataset}@v{version}", "ingest_id": ingest_id}).encode())
 
 
 # ---------------------------------------------------------------------- helpers
@@ -274,6 +336,16 @@ def open_repository(root: Path, **gate_overrides: Any) -> DataRepository:
     root = Path(root)
     return DataRepository(root, load_section(root, "gate", GateParams, **gate_overrides),
                           load_section(root, "ingest", IngestParams).holdout)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole: a temp file beside it, fsynced, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _empty_manifest() -> pd.DataFrame:

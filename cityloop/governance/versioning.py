@@ -35,9 +35,12 @@ The default remote lives in ``.dvc/config.local`` (never committed). A local fol
 and an S3 url (``s3://bucket/prefix``, needs the ``dvc-s3`` extra and the usual AWS
 credentials) are configured the same way: ``ensure_repo(root, "s3://bucket/prefix")``.
 
-Serialisation: publish and checkout hold an exclusive ``flock`` on
-``root/.cityloop/versioning.lock`` (POSIX), so two publishes in one workspace queue
-instead of failing on DVC's own lock.
+Serialisation: publish, checkout, a whole ingest (``governance.repository``) and every
+registry mutation hold an exclusive ``flock`` on ``root/.cityloop/versioning.lock``
+(:func:`workspace_lock`, re-entrant per thread), so they queue instead of interleaving or
+failing on DVC's own lock. A waiter is told who holds it (pid, command, since when) and gives
+up after a bounded wait; the kernel drops a killed holder's flock, and the record it left is
+reported as taken over.
 """
 
 from __future__ import annotations
@@ -53,14 +56,17 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+
+from cityloop.core.procs import alive
 
 log = logging.getLogger(__name__)
 
@@ -272,31 +278,109 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- locking
 
 
+class WorkspaceBusyError(VersioningError, TimeoutError):
+    """The workspace lock was still held when the wait ran out (the message names the holder)."""
+
+
+_HELD: dict[str, list[int]] = {}  # lock path -> [thread id, depth]: re-entry from the holding thread
+
+
 @contextlib.contextmanager
-def workspace_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive flock on ``root/.cityloop/versioning.lock`` (waits, then times out)."""
-    path = root / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    fh.seek(0)
-                    holder = fh.read().strip() or "unknown"
-                    raise TimeoutError(f"{path} still held after {timeout:.0f}s ({holder})") from None
-                time.sleep(0.1)
+def workspace_lock(
+    root: Path,
+    timeout: float = LOCK_TIMEOUT_S,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive flock on ``root/.cityloop/versioning.lock``.
+
+    Re-entrant within one thread (an ingest holds it around the publish that takes it again).
+    While another process holds it, waits up to ``timeout`` seconds, telling ``on_wait`` (default:
+    a log warning) once who holds it (pid, command, since when); then raises
+    :class:`WorkspaceBusyError` with the same words. The holder's record is written into the lock
+    file and cleared on release, so a record found on acquiring belongs to a process that was
+    killed while holding the lock: the kernel released its flock, the lock is taken over and the
+    takeover logged. A flock is never left behind by a dead process (unlike a pid file).
+    """
+    path = Path(root).resolve() / LOCK_FILE
+    held = _HELD.get(str(path))
+    if held is not None and held[0] == threading.get_ident():
+        held[1] += 1
         try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()}\n")
-            fh.flush()
             yield
         finally:
+            held[1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        _acquire(fh, path, timeout, on_wait or log.warning)
+        left = _read_holder(fh)
+        if left:
+            log.warning("took over the workspace lock left by %s: that process ended without releasing it",
+                        describe_holder(left))
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(_holder_record()) + "\n")
+        fh.flush()
+        _HELD[str(path)] = [threading.get_ident(), 1]
+        try:
+            yield
+        finally:
+            del _HELD[str(path)]
+            fh.seek(0)
+            fh.truncate()  # released cleanly: no holder record left behind
+            fh.flush()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _acquire(fh: Any, path: Path, timeout: float, on_wait: Callable[[str], None]) -> None:
+    """Take the flock, polling until ``timeout``; tell ``on_wait`` once who holds it meanwhile."""
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = describe_holder(_read_holder(fh))
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusyError(
+                    f"workspace busy: {path} is held by {holder}; waited {timeout:.0f}s. Try again when "
+                    "it has finished") from None
+            if not told:
+                on_wait(f"waiting up to {timeout:.0f}s for the workspace lock held by {holder}")
+                told = True
+            time.sleep(0.2)
+
+
+def _holder_record() -> dict[str, Any]:
+    """Who holds the lock: pid, the command (program and its first plain arguments, never option
+    values, which may carry secrets) and since when."""
+    words = [os.path.basename(sys.argv[0] if sys.argv else "python")]
+    words += [a for a in sys.argv[1:5] if not a.startswith("-")][:3]
+    return {"pid": os.getpid(), "command": " ".join(words)[:160],
+            "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _read_holder(fh: Any) -> dict[str, Any]:
+    """The holder record in the lock file ({} when empty or unreadable)."""
+    fh.seek(0)
+    text = fh.read().strip()
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {"pid": None, "command": text[:80]}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid 123 (`cityloop data ingest frames`, since 2026-12-03T21:00:00Z)``, noting a dead pid."""
+    if not holder:
+        return "another process (no holder record)"
+    pid = holder.get("pid")
+    words = f"pid {pid} (`{holder.get('command', '?')}`, since {holder.get('since', '?')})"
+    if isinstance(pid, int) and not alive(pid):
+        words += ", no longer running"
+    return words
 
 
 def track_directory(root: Path, rel: str, log: logging.Logger | None = None) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cityloop.core.jsonl import append_jsonl, read_jsonl
 from cityloop.core.steps import StepRunner, run_direct
 from cityloop.loop import stages
 from cityloop.loop.params import Lineage, LoopParams, lineages
@@ -49,15 +50,12 @@ class LoopState:
         return out
 
     def records(self) -> list[dict]:
-        if not self.rounds_path.exists():
-            return []
-        return [json.loads(line) for line in self.rounds_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.rounds_path).records  # a line torn by a crash is skipped, not fatal
 
     def add_record(self, rec: dict) -> None:
         have = {(r["lineage"], r["round"]) for r in self.records()}
         if (rec["lineage"], rec["round"]) not in have:
-            with self.rounds_path.open("a") as fh:
-                fh.write(json.dumps(rec, default=str) + "\n")
+            append_jsonl(self.rounds_path, [rec])  # on a fresh line, fsynced
 
 
 def _record(lin: Lineage, rnd: int, labels: int, ev: dict, pt: dict, extra: dict) -> dict:

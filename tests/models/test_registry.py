@@ -410,7 +410,7 @@ def test_admission_accepts_a_partner_boxes_model(ws: Path, tmp_path: Path):
     assert report.admitted, str(report)
     assert report.version == "acme-boxes:v1" and report.metrics["mAP50"] == 1.0
     names = [c.name for c in report.checks]
-    assert names[:3] == ["package", "manifest", "classes"] and names[-2:] == ["runtime", "benchmark"]
+    assert names[:4] == ["package", "manifest", "card", "classes"] and names[-2:] == ["runtime", "benchmark"]
     assert "ignored (mapped to null): ['bicycle']" in next(c.detail for c in report.checks if c.name == "classes")
     mv = reg.store.get("acme-boxes:v1")
     assert mv.card.vendor == "acme" and mv.parity["status"] == "n/a (partner artifact)"

@@ -320,15 +320,19 @@ def test_the_repository_offers_cityloops_production_version_and_admitted_partner
         d = tmp_path / "data" / "models" / name / version
         d.mkdir(parents=True)
         ModelCard(name, version, vendor, classes=classes).save(d / "card.json")
+        registered.append({"ts": "2026-05-01T00:00:00", "who": "t", "event": "registered", "id": f"{name}:{version}",
+                           "stage": "candidate", "why": "", "data": {}})  # the registration's commit record
+
+    registered: list[dict] = []
 
     everything = list(registry().classes)
     card("cityloop-detector", "v1", "cityloop", everything)
     card("cityloop-detector", "v2", "cityloop", everything)  # a newer candidate: production still wins
     card("cityloop-random-s0", "v1", "cityloop", everything)  # another lineage of cityloop's: not offered
     card("acme-drying", "v1", "acme", ["clothes"])
-    (tmp_path / "data" / "models" / "events.jsonl").write_text(json.dumps(
-        {"ts": "2026-05-01T00:00:00", "who": "t", "event": "promoted", "id": "cityloop-detector:v1",
-         "stage": "production", "why": "", "data": {}}) + "\n")
+    (tmp_path / "data" / "models" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        *registered, {"ts": "2026-05-01T00:00:00", "who": "t", "event": "promoted", "id": "cityloop-detector:v1",
+                      "stage": "production", "why": "", "data": {}}]))
     specs = {m.id: m for m in model_specs(tmp_path, ScheduleParams())}
     assert set(specs) == {"cityloop-detector:v1", "acme-drying:v1"}
     assert specs["cityloop-detector:v1"].stage == "production" and specs["acme-drying:v1"].vendor == "acme"
