@@ -7,6 +7,11 @@
 A webhook POSTs the event JSON with `X-Cityloop-Signature: sha256=<HMAC-SHA256(secret, body)>` and
 `X-Cityloop-Event-Id` (receivers deduplicate on it). Delivery is at-least-once: each (event, sink)
 is a row in the store that stays pending, with backoff, until the sink accepts it.
+
+Delivery runs in the dispatcher's background worker, never in the caller's thread: `raise_event`
+commits the event and its pending deliveries, puts the event on a bounded queue and returns, so a
+slow or hanging receiver never stalls the frame loop. When the queue is full the event simply
+stays pending in the store and the worker's next pass over pending deliveries sends it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import hashlib
 import hmac
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Any, Protocol
 
@@ -123,19 +130,101 @@ def build_sinks(specs: list[dict[str, Any]]) -> list[AlertSink]:
 
 
 class Dispatcher:
-    """Stores every event first, then tries each sink; failed deliveries stay pending."""
+    """Stores every event first, then a background worker tries each sink; failed deliveries stay pending.
+
+    `queue_size` bounds the events waiting for the worker; `retry_every_s`: how often the idle worker
+    passes over pending deliveries (those refused earlier, or left over when the queue was full)."""
 
     def __init__(self, store: EventStore, sinks: list[AlertSink], retry_base_s: float = 1.0,
-                 retry_max_s: float = 300.0) -> None:
+                 retry_max_s: float = 300.0, queue_size: int = 256, retry_every_s: float = 5.0) -> None:
         self.store, self.sinks = store, {s.name: s for s in sinks}
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
+        self.retry_every_s = retry_every_s
+        self.overflowed = 0  # events left pending in the store because the queue was full
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=max(1, queue_size))
+        self._deliver = threading.Lock()  # one delivery pass at a time: no event is sent twice at once
+        self._nudge = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def raise_event(self, event: Event) -> None:
-        """Persist and alert (alerted_ts: when the event was handed to the sinks)."""
+        """Persist the event, queue it for the sinks and return at once (alerted_ts: when it was
+        handed to them). A full queue leaves it pending in the store, sent by a later pass."""
         event.alerted_ts = time.time()
         self.store.add(event, list(self.sinks))
-        for name in self.sinks:
-            self._try(event, name, 0)
+        self._ensure_worker()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.overflowed += 1
+            log.warning("alert queue full (%d events): event %s stays pending for the next retry pass",
+                        self._queue.maxsize, event.id)
+            self._nudge.set()
+
+    def retry_soon(self) -> None:
+        """Ask the worker for a pass over pending deliveries now (returns at once)."""
+        self._ensure_worker()
+        self._nudge.set()
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event has been tried once; False when `timeout` ran out first."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._queue.unfinished_tasks
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Drain the queue (at most `timeout` s) and stop the worker; True when nothing was left queued.
+        Undelivered events stay pending in the store (a later `retry_pending` or dispatcher sends them)."""
+        drained = self.drain(timeout)
+        worker = self._worker
+        if worker is not None:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._nudge.set()
+            worker.join(max(0.1, timeout / 4))
+            with self._start_lock:
+                self._worker = None
+        return drained
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="alert-dispatcher", daemon=True)
+                self._worker.start()
+
+    def _run(self) -> None:
+        last_pass = time.monotonic()
+        while True:
+            try:
+                event = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                event = False
+            try:
+                if event is None:
+                    return
+                if event is not False:
+                    self._first_try(event)
+                if self._nudge.is_set() or time.monotonic() - last_pass >= self.retry_every_s:
+                    self._nudge.clear()
+                    last_pass = time.monotonic()
+                    self.retry_pending()
+            except Exception as exc:  # noqa: BLE001 - a store error must not end the worker; rows stay pending
+                log.warning("alert dispatcher: %s (deliveries stay pending)", exc)
+            finally:
+                if event is not False:
+                    self._queue.task_done()
+
+    def _first_try(self, event: Event) -> None:
+        """Each sink of a queued event that no pass has tried yet (a retry pass may have beaten us to it)."""
+        with self._deliver:
+            rows = self.store.deliveries(event.id)
+            fresh = [d["sink"] for d in rows if d["state"] == "pending" and not d["attempts"]]
+            for name in fresh:
+                if name in self.sinks:
+                    self._try(event, name, 0)
 
     def _try(self, event: Event, name: str, attempts: int) -> bool:
         try:
@@ -149,9 +238,10 @@ class Dispatcher:
         return True
 
     def retry_pending(self, now: float | None = None) -> int:
-        """Try every due pending delivery once; returns how many got through."""
+        """Try every due pending delivery once, in the caller's thread; returns how many got through."""
         done = 0
-        for event, name, attempts in self.store.pending(now):
-            if name in self.sinks:
-                done += self._try(event, name, attempts)
+        with self._deliver:
+            for event, name, attempts in self.store.pending(now):
+                if name in self.sinks:
+                    done += self._try(event, name, attempts)
         return done

@@ -5,6 +5,7 @@ Exit codes: 0 done; 1 refused or failed (rolled back, nothing to roll back, no n
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,7 @@ def start(
     import logging
 
     from cityloop.bento.serving import ServeParams, serve_env
+    from cityloop.core.images import image_limit
     from cityloop.edge.node import EdgeNode, EdgeParams, NodeConfig, assign, node_dir, read_json
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,15 +71,16 @@ def start(
     if budget_per_hour is not None:
         ep.select.budget_per_hour = budget_per_hour
     cfg = NodeConfig(root=root, name=name, port=port, streams=list(stream or []), center=center, loop=loop,
-                     max_fps=max_fps, select=ep.select, sink=sink, shadow=shadow, serve_env=serve_env(serve),
-                     upload_batch=ep.upload_batch, upload_interval_s=ep.upload_interval_s,
-                     heartbeat_s=ep.heartbeat_s, stale_s=ep.stale_s)
+                     max_fps=max_fps, select=ep.select, sink=sink, shadow=shadow,
+                     serve_env=serve_env(serve, image_limit(root)),
+                     **ep.node_settings())
     EdgeNode(cfg).run()
 
 
 @app.command("status")
 def status(json_out: JsonOption = False) -> None:
-    """Every node: up/down, model version, fps, latency, queue depth (outbox), heartbeat age."""
+    """Every node: up/down, model version, fps, latency, queue depth (outbox), dead letters, heartbeat age,
+    and what is wrong (a version that failed to start, a dead server, a failing sink)."""
     from cityloop.edge.fleet import list_nodes
 
     nodes = list_nodes(find_root())
@@ -88,8 +91,9 @@ def status(json_out: JsonOption = False) -> None:
         console.print("no edge nodes (start one with `cityloop edge start`)")
         return
     table = Table(title="cityloop edge nodes")
-    for col in ("node", "state", "model version", "port", "fps", "p50 ms", "queue", "acked", "frames", "beat"):
-        table.add_column(col, justify="left" if col in ("node", "state", "model version") else "right",
+    for col in ("node", "state", "model version", "port", "fps", "p50 ms", "queue", "acked", "dead", "frames", "beat",
+                "problems"):
+        table.add_column(col, justify="left" if col in ("node", "state", "model version", "problems") else "right",
                          overflow="fold")
     for n in nodes:
         state = f"[green]{n['state']}[/]" if n["up"] else "[red]down[/]"
@@ -97,8 +101,29 @@ def status(json_out: JsonOption = False) -> None:
         if n.get("assigned") and n["assigned"] != n.get("model_version"):
             version += f" → {n['assigned']}"
         table.add_row(n["name"], state, version, str(n.get("port")), str(n.get("fps")), str(n.get("latency_p50_ms")),
-                      str(n.get("queue_depth")), str(n.get("acked")), str(n.get("frames")), f"{n['age_s']:.0f}s")
+                      str(n.get("queue_depth")), str(n.get("acked")), str(n.get("dead_letter") or 0),
+                      str(n.get("frames")), f"{n['age_s']:.0f}s", _problems(n))
     print_table(table, console)
+
+
+def _problems(n: dict) -> str:
+    """One line per thing that went wrong on a node (status.json's failure records), newest facts only."""
+    out = []
+    fail = n.get("last_failure")
+    if fail and not fail.get("resolved"):
+        what = "did not start" if fail.get("kind") == "start" else "server died"
+        lines = [ln.strip() for ln in str(fail.get("reason", "")).splitlines() if ln.strip()]
+        reason = " … ".join(dict.fromkeys(lines[:1] + lines[-1:]))  # the error, and the log's last line
+        when = time.strftime("%H:%M:%S", time.localtime(fail.get("ts", 0)))
+        out.append(f"{fail.get('version')} {what} at {when} (x{fail.get('attempts')}): {reason[:160]}")
+    sink = n.get("sink") or {}
+    if sink.get("errors") or sink.get("dropped"):
+        err_text = (sink.get("last_error") or {}).get("error", "")
+        out.append(f"sink: {sink.get('errors', 0)} errors, {sink.get('dropped', 0)} frames dropped {err_text[:120]}")
+    req = n.get("last_error")
+    if req and time.time() - float(req.get("ts", 0)) < 60:
+        out.append(f"{req.get('kind')}: {str(req.get('error'))[:120]}")
+    return "\n".join(out) or "-"
 
 
 @app.command("assign")
@@ -148,17 +173,18 @@ def rollback_cmd() -> None:
 def inbox_serve(port: Annotated[int, typer.Option(help="Port on --host.")] = 8701,
                 host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1") -> None:
     """Receive hard examples from edge nodes into data/inbox/edge (idempotent by sha256)."""
-    from cityloop.edge.inbox import InboxStore, serve_inbox
+    from cityloop.edge.inbox import TOKEN_ENV, TOKEN_FILE, InboxStore, serve_inbox
 
     root = find_root()
-    srv = serve_inbox(root, port, host)
-    console.print(f"inbox on http://{host}:{port} → {InboxStore(root).dir}")
+    srv = serve_inbox(root, port, host)  # generates the token on the first start; never printed
+    where = f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else root / TOKEN_FILE
+    console.print(f"inbox on {srv.url} → {InboxStore(root).dir} (uploads need the token in {where})")
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        srv.server_close()
+        srv.stop()
 
 
 @inbox_app.command("ingest")

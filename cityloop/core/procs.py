@@ -3,8 +3,9 @@ liveness and stop rules everything else uses.
 
 Each is started with `start_new_session=True`, so its pid is also its process-group id and a
 stop reaches the workers it spawned (Label Studio's, the serve process's flow runs). A pid file
-names it; a marker its command line must contain keeps a recycled pid of someone else's process
-from being taken (or killed) for ours.
+names it with the process's start time (`start_time`, from /proc); a pid whose start time differs
+is a recycled pid of someone else's process and is never taken (or signalled) for ours. A marker
+its command line must contain covers pid files written without a start time.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def alive(pid: int | None) -> bool:
         return True
 
 
+def start_time(pid: int | None) -> int | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None when it is gone.
+    A pid and its start time name one process for good: a recycled pid has a later start time."""
+    if not pid:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_ours(pid: int | None, started: int | None) -> bool:
+    """Whether `pid` still runs the process that started at `started` (None: unknown, any live pid counts)."""
+    if not alive(pid):
+        return False
+    return started is None or start_time(pid) == started
+
+
 def cmdline(pid: int) -> str:
     """The command line of `pid` ("" when it is gone or unreadable)."""
     try:
@@ -65,18 +84,27 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def stop_group(pgid: int, timeout: float = 15.0, kill_after: float = 5.0) -> None:
-    """SIGTERM to the process group, SIGKILL if any member is left after `timeout` s."""
+def stop_group(pgid: int, timeout: float = 15.0, kill_after: float = 5.0, started: int | None = None) -> bool:
+    """SIGTERM to the process group, SIGKILL if any member is left after `timeout` s.
+
+    `started`: the leader's recorded start time. When a process with that pid runs but started at
+    another time, the pid was recycled and that group is someone else's: nothing is signalled
+    (False). A leader that is gone leaves its group reachable (the kernel keeps the id while any
+    member lives, so no one else can hold it)."""
+    now = start_time(pgid)
+    if started is not None and now is not None and now != started:
+        return False
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, kill_after)):
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
-            return
+            return True
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and group_alive(pgid):
             time.sleep(0.2)
         if not group_alive(pgid):
-            return
+            return True
+    return True
 
 
 def tail(path: Path, n: int = 25) -> str:
@@ -102,14 +130,22 @@ class ManagedProcess:
         self.log_file = Path(log_file) if log_file else self.state / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
+    def _recorded(self) -> tuple[int, int | None] | None:
+        """(pid, start time) from the pid file ("PID START"; an older file holds the pid alone)."""
+        try:
+            fields = self.pid_file.read_text().split()
+            return int(fields[0]), int(fields[1]) if len(fields) > 1 else None
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
     def pid(self) -> int | None:
         """The recorded pid if that process is alive and ours; a stale pid file is removed."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        rec = self._recorded()
+        if rec is None:
             self.pid_file.unlink(missing_ok=True)
             return None
-        if not alive(pid) or self.marker not in cmdline(pid):
+        pid, started = rec
+        if not is_ours(pid, started) or self.marker not in cmdline(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -123,7 +159,7 @@ class ManagedProcess:
             log.flush()
             self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid_file.write_text(str(self.proc.pid))
+        self.pid_file.write_text(f"{self.proc.pid} {start_time(self.proc.pid) or ''}".strip())
         return self.proc.pid
 
     def exited(self) -> int | None:
@@ -148,6 +184,6 @@ class ManagedProcess:
         pid = self.pid()
         if pid is None:
             return False
-        stop_group(pid, timeout)
+        stop_group(pid, timeout, started=(self._recorded() or (pid, None))[1])
         self.pid_file.unlink(missing_ok=True)
         return True

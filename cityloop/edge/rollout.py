@@ -202,6 +202,32 @@ def finish(root: Path, pl: Plan, passed: bool, checks: list[dict], cmp: Comparis
                            "rolled_back")
 
 
+def abandon(root: Path, pl: Plan, why: str, p: ReleaseParams,
+            gate: PromotionGate | None = None) -> ReleaseDecision:
+    """The canary did not serve the candidate within `release.deploy_timeout_s` (it failed to start,
+    or its readiness probe never passed): the canary goes back on the production version, and the
+    refusal is recorded in the registry (or the gate rolled back if the candidate was promoted)."""
+    reg = gate or open_gate(Path(root))
+    name = pl.candidate.split(":", 1)[0]
+    check = {"name": "canary_ready", "value": False, "threshold": f"serving within {p.deploy_timeout_s:.0f} s",
+             "passed": False, "detail": why}
+    try:
+        deploy(root, [pl.canary], pl.production, p.deploy_timeout_s)
+    except TimeoutError as exc:  # the canary cannot even serve production again: say so, loudly
+        raise RuntimeError(f"canary {pl.canary} did not serve {pl.candidate} ({why}) and did not come back "
+                           f"on {pl.production} either ({exc}): see `cityloop edge status`") from exc
+    text = f"canary {pl.canary} did not serve {pl.candidate} within {p.deploy_timeout_s:.0f} s"
+    if reg.store.get(pl.candidate).stage == "production":
+        registry = reg.rollback(name, why=text).to_dict()
+    else:
+        reg.refuse(pl.candidate, f"release: {text}", checks=[check], canary=pl.canary)
+        registry = {"recorded": "promotion_refused", "stage": reg.store.get(pl.candidate).stage}
+    reason = f"{pl.candidate} rolled back: {text}; canary back on {pl.production}"
+    empty = Comparison(0, 0.0, 1.0, 0.0, None, None, 0, 0)
+    return ReleaseDecision(False, [check], reason, dataclasses.asdict(pl), dataclasses.asdict(empty), registry,
+                           "rolled_back")
+
+
 def release_params(root: Path, **overrides) -> ReleaseParams:
     """params.yaml `release:` (`overrides` replace some, e.g. the closed loop's `loop.release`)."""
     return load_section(root, "release", ReleaseParams, **overrides)
@@ -222,7 +248,11 @@ def release(root: Path, model_version: str, canary: str | None = None, params: R
     p = params or release_params(root)
     built = step("build-bento", build_bento, root, model_version)
     pl = step("plan", plan, root, model_version, canary)
-    urls = step("deploy-canary", deploy, root, [pl.canary], pl.candidate, p.deploy_timeout_s)
+    try:
+        urls = step("deploy-canary", deploy, root, [pl.canary], pl.candidate, p.deploy_timeout_s)
+    except TimeoutError as exc:  # the candidate never served on the canary: put it back, record why
+        decision = step("roll-back-canary", abandon, root, pl, str(exc), p, gate)
+        return {**dataclasses.asdict(decision), "bento": built.to_dict()}
     cmp = step("compare", compare_on, root, urls[pl.canary], pl, p)
     passed, checks = decide(cmp, p)
     decision = step("decide-and-finish", finish, root, pl, passed, checks, cmp, p, gate)

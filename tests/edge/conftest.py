@@ -62,12 +62,13 @@ class Nodes:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
-            server = read_json(node_dir(self.root, name) / "server.json")
-            if server:  # a node killed without a graceful stop leaves its server behind
-                try:
-                    os.killpg(server["pid"], signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            server = read_json(node_dir(self.root, name) / "server.json") or {}
+            for rec in (server, server.get("next") or {}):  # a node killed without a graceful stop leaves
+                if rec.get("pid"):  # its server behind (and one it was starting, under "next")
+                    try:
+                        os.killpg(rec["pid"], signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
 
 
 @pytest.fixture

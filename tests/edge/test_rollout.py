@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from typer.testing import CliRunner
 
 from cityloop.bento.serving import free_port
 from cityloop.cli import app
+from cityloop.edge import rollout
 from cityloop.edge.fleet import list_nodes, served_version
+from cityloop.edge.node import node_dir
 from cityloop.models.card import ModelCard
 from cityloop.models.gate import open_gate
 from cityloop.models.store import PARTNER_PARITY, ModelStore
@@ -67,6 +70,20 @@ def test_worse_candidate_rolls_back_good_one_rolls_out(model_ws, tmp_path, nodes
         assert refused and "agreement" in refused[-1]["why"]
 
         good = perturbed(root, model_ws.model_id, 1e-4, tmp_path / "good.onnx", "retrained-test")
+        # a canary that does not serve the candidate in time (its server needs seconds to start) is put
+        # back on production and the refusal recorded; the server it was starting is stopped when ready
+        hurried = rollout.release(root, good, "n2", params=rollout.release_params(root, deploy_timeout_s=0.5))
+        assert hurried["action"] == "rolled_back" and not hurried["passed"], hurried["reason"]
+        assert [c["name"] for c in hurried["checks"] if not c["passed"]] == ["canary_ready"]
+        assert reg.store.get(good).stage == "candidate"
+        refused = [e for e in reg.store.events() if e["event"] == "promotion_refused" and e["id"] == good]
+        assert refused and "did not serve" in refused[-1]["why"]
+        n2 = node_dir(root, "n2")
+        wait_for(lambda: "no longer wanted" in (n2 / "node.out").read_text(), 120, "the abandoned server stopped")
+        time.sleep(1.0)  # a reconcile pass after it
+        for n in list_nodes(root):
+            assert n["model_version"] == model_ws.model_id and served_version(n["url"]) == model_ws.model_id
+
         ok = release(model_version=good, canary="n2", root=str(root))
         assert ok["action"] == "rolled_out", ok["reason"]
         assert ok["comparison"]["agreement"] > 0.95 and ok["comparison"]["canary_error_rate"] == 0

@@ -44,7 +44,7 @@ def test_outbox_keeps_examples_until_acked_and_counts_the_budget(tmp_path):
     box.close()
     again = Outbox(tmp_path / "outbox.db")  # a restart sees the same state
     assert {e.sha256 for e in again.pending()} == {ex[1].sha256, ex[2].sha256}
-    assert again.stats() == {"pending": 2, "acked": 1} and again.selected_since(0) == 3
+    assert again.stats() == {"pending": 2, "acked": 1, "dead": 0} and again.selected_since(0) == 3
 
 
 def test_edge_start_refuses_a_negative_hard_example_budget():
