@@ -145,6 +145,7 @@ class Dispatcher:
         self._deliver = threading.Lock()  # one delivery pass at a time: no event is sent twice at once
         self._nudge = threading.Event()
         self._worker: threading.Thread | None = None
+        self._halt = threading.Event()  # the current worker's: set by stop(), even when the queue is full
         self._start_lock = threading.Lock()
 
     def raise_event(self, event: Event) -> None:
@@ -175,38 +176,42 @@ class Dispatcher:
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Drain the queue (at most `timeout` s) and stop the worker; True when nothing was left queued.
-        Undelivered events stay pending in the store (a later `retry_pending` or dispatcher sends them)."""
+        Undelivered events stay pending in the store (a later `retry_pending` or dispatcher sends them).
+        A worker stuck on a hung receiver ends once that send times out; it takes nothing new meanwhile."""
         drained = self.drain(timeout)
-        worker = self._worker
+        with self._start_lock:
+            worker, halt = self._worker, self._halt
+            self._worker = None
         if worker is not None:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
+            halt.set()
             self._nudge.set()
             worker.join(max(0.1, timeout / 4))
-            with self._start_lock:
-                self._worker = None
         return drained
 
     def _ensure_worker(self) -> None:
         with self._start_lock:
             if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, name="alert-dispatcher", daemon=True)
+                self._halt = threading.Event()
+                self._worker = threading.Thread(target=self._run, args=(self._halt,), name="alert-dispatcher",
+                                                daemon=True)
                 self._worker.start()
 
-    def _run(self) -> None:
+    def _run(self, halt: threading.Event) -> None:
         last_pass = time.monotonic()
-        while True:
+        while not halt.is_set():
             try:
                 event = self._queue.get(timeout=0.2)
             except queue.Empty:
                 event = False
+            if halt.is_set():  # stopped while waiting: what was taken stays pending in the store
+                if event is not False:
+                    self._queue.task_done()
+                return
             try:
-                if event is None:
-                    return
                 if event is not False:
                     self._first_try(event)
+                if halt.is_set():  # stopped during that send: no retry pass now
+                    continue
                 if self._nudge.is_set() or time.monotonic() - last_pass >= self.retry_every_s:
                     self._nudge.clear()
                     last_pass = time.monotonic()

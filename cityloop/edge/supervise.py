@@ -51,8 +51,11 @@ class SinkWorker(threading.Thread):
             return False
 
     def run(self) -> None:
-        while True:
-            item = self.queue.get()
+        while not self._closing.is_set():  # closed: what is still queued is not handed over (close's timeout ran out)
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
             try:
                 if item is None:
                     return
