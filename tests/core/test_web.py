@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cityloop.core.web import HttpServer, Limits, json_response, make_app, read_json, require_bearer, token_from
+from tests.rawhttp import send_raw
 
 LIMITS = Limits(max_body=1000, body_idle_s=0.5, body_total_s=5.0, header_s=0.5, concurrency=3)
 TOKEN = "t0ken"
@@ -45,15 +46,7 @@ def server() -> Iterator[HttpServer]:
 
 
 def raw(srv: HttpServer, data: bytes, timeout: float = 3.0) -> tuple[bytes, float]:
-    """Send `data` on a fresh connection; read until the server closes it: (all it sent, seconds taken).
-    A server that waited for more would hit the client's timeout (socket.timeout fails the test)."""
-    with socket.create_connection(srv.server_address, timeout=timeout) as s:
-        t0 = time.monotonic()
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out, time.monotonic() - t0
+    return send_raw(srv.server_address, data, timeout)
 
 
 def post_head(length: str | None, ctype: str = "application/json") -> bytes:

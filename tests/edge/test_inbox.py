@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 import stat
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 from cityloop.bento.serving import free_port
 from cityloop.core.web import Limits
 from cityloop.edge.inbox import LIMITS, TOKEN_ENV, TOKEN_FILE, InboxStore, inbox_ingest, serve_inbox
+from tests.rawhttp import send_raw
 
 from .conftest import copy_workspace
 
@@ -81,18 +81,6 @@ def test_inbox_feeds_the_governance_ingest_as_edge_source(center, model_ws):
 
 
 # ------------------------------------------------------------------ closed by default, hostile clients
-def _raw(url_address: tuple[str, int], data: bytes, timeout: float = 3.0) -> tuple[bytes, float]:
-    """Send `data` on a fresh connection and read until the server closes it: (reply, seconds).
-    A server that waited for the rest of a refused body would hit the client's timeout."""
-    with socket.create_connection(url_address, timeout=timeout) as s:
-        t0 = time.monotonic()
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out, time.monotonic() - t0
-
-
 def _head(length: str, token: str) -> bytes:
     return (f"POST /v1/hard-examples HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
@@ -139,13 +127,13 @@ def test_hostile_uploads_are_refused_at_once_and_store_nothing(tmp_path, monkeyp
         # a cross-site form can post text/plain without a preflight: refused
         r = httpx.post(srv.url + "/v1/hard-examples", content=body, headers={**auth, "Content-Type": "text/plain"})
         assert r.status_code == 415 and "access-control-allow-origin" not in r.headers
-        reply, took = _raw(srv.server_address, _head("-1", "env-token"))
+        reply, took = send_raw(srv.server_address, _head("-1", "env-token"))
         assert 400 <= _status(reply) < 500 and took < 2.0
-        reply, took = _raw(srv.server_address, _head(str(LIMITS.max_body + 1), "env-token") + b'{"exa')
+        reply, took = send_raw(srv.server_address, _head(str(LIMITS.max_body + 1), "env-token") + b'{"exa')
         assert _status(reply) == 413 and took < 2.0  # refused on its announced size, the body never read
         ex = _example(b"\xff\xd8 half sent")
         whole = json.dumps({"node": "n1", "examples": [ex]}).encode()
-        reply, took = _raw(srv.server_address, _head(str(len(whole)), "env-token") + whole[: len(whole) // 2])
+        reply, took = send_raw(srv.server_address, _head(str(len(whole)), "env-token") + whole[: len(whole) // 2])
         assert _status(reply) == 408 and took < limits.body_idle_s + 1.5  # a stalled body is dropped
         assert InboxStore(tmp_path).examples() == []
         assert httpx.get(srv.url + "/healthz").json() == {"ok": True, "examples": 0}  # and it keeps serving

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cityloop.labeling.pull import Chosen, batch_tables
 from cityloop.labeling.quality import agreement, assess
 from cityloop.labeling.select import Candidate, select, uncertainty
 from cityloop.labeling.webhooks import SECRET_HEADER, LabelCounter, WebhookReceiver
+from tests.rawhttp import send_raw, status_of
 
 
 def test_boxes_survive_the_round_trip_through_label_studio_percent_coordinates():
@@ -167,13 +167,8 @@ def test_webhook_receiver_checks_the_secret_counts_each_label_once_and_fires_eve
 
 def _raw(address: tuple[str, int], head: str, timeout: float = 3.0) -> tuple[int, float]:
     """One raw request (headers only, the body never sent): (status, seconds until the server closed)."""
-    with socket.create_connection(address, timeout=timeout) as s:
-        t0 = time.monotonic()
-        s.sendall(head.encode())
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return int(out.split(b" ", 2)[1]), time.monotonic() - t0
+    reply, took = send_raw(address, head.encode(), timeout)
+    return status_of(reply), took
 
 
 def test_webhook_receiver_refuses_hostile_deliveries_at_once_without_reading_the_body(tmp_path: Path):
@@ -201,7 +196,6 @@ def test_webhook_receiver_refuses_hostile_deliveries_at_once_without_reading_the
 def test_server_credentials_come_from_the_environment_or_a_private_file_and_a_taken_port_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import os
-    import socket
 
     from cityloop.labeling.server import LabelStudioError, LabelStudioServer
 
