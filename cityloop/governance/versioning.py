@@ -334,22 +334,25 @@ def workspace_lock(
 
 def _acquire(fh: Any, path: Path, timeout: float, on_wait: Callable[[str], None]) -> None:
     """Take the flock, polling until ``timeout``; tell ``on_wait`` once who holds it meanwhile."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     told = False
     while True:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            holder = describe_holder(_read_holder(fh))
+            record = _read_holder(fh)
+            holder = describe_holder(record)
             if time.monotonic() >= deadline:
                 raise WorkspaceBusyError(
                     f"workspace busy: {path} is held by {holder}; waited {timeout:.0f}s. Try again when "
                     "it has finished") from None
-            if not told:
+            # the holder writes its record just after taking the flock: give it a moment to appear
+            if not told and (record or time.monotonic() - start >= 1.0):
                 on_wait(f"waiting up to {timeout:.0f}s for the workspace lock held by {holder}")
                 told = True
-            time.sleep(0.2)
+            time.sleep(0.05 if not told else 0.2)
 
 
 def _holder_record() -> dict[str, Any]:
