@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cityloop.bento.serving import DetectorClient, ServingError
+from cityloop.bento.serving import DetectorClient, ServingError, multipart_frames
 from cityloop.models.runtime import OnnxDetector, decode_image
 from cityloop.models.store import ModelStore
 
@@ -51,6 +51,70 @@ def test_detections_equal_in_process_onnxruntime(server, model_ws):
         served = list(pool.map(lambda b: client.detect([b])[0], images))
     _assert_same(served, local, mv.id)
     _assert_same(client.detect(images[:3], endpoint="/detect_unbatched"), local[:3], mv.id)
+
+
+def _raw(server, data: bytes, token: str | None = TOKEN, kind: str = "image/jpeg") -> httpx.Response:
+    headers = {"content-type": kind, **({"Authorization": f"Bearer {token}"} if token else {})}
+    return httpx.post(server.url + "/detect_raw", content=data, headers=headers, timeout=30)
+
+
+def test_compact_route_returns_the_json_routes_detections(server, model_ws):
+    """/detect_raw (raw JPEG body, box arrays out) gives exactly the detections of /detect and of
+    in-process onnxruntime, alone and batched with concurrent requests."""
+    mv = ModelStore(model_ws.root, track=False).get(model_ws.model_id)
+    images = field_images(model_ws.root, 12)
+    local = OnnxDetector(mv.model_path, mv.card).detect([decode_image(b) for b in images])
+    client = DetectorClient(server.url, TOKEN)
+    json_route = client.detect(images)
+    alone = [client.detect_frame(b) for b in images]
+    assert client.compact
+    _assert_same(alone, local, mv.id)
+    for a, j in zip(alone, json_route):
+        assert a["detections"] == j["detections"] and (a["width"], a["height"]) == (j["width"], j["height"])
+    with ThreadPoolExecutor(2) as pool:  # one frame per request, two in flight: batched by the server
+        batched = list(pool.map(client.detect_frame, images))
+    _assert_same(batched, local, mv.id)
+    raw = _raw(server, images[0]).json()
+    assert set(raw[0]) == {"boxes", "width", "height", "model_version"} and len(raw[0]["boxes"][0]) == 6
+    together = client.detect_frames(images[:8])  # eight cameras' frames in one multipart/mixed request
+    assert [r["detections"] for r in together] == [a["detections"] for a in alone[:8]]
+
+
+def test_compact_route_refuses_a_bad_multipart_body(server, model_ws):
+    good = field_images(model_ws.root, 2)
+    body, kind = multipart_frames(good)
+    assert len(_raw(server, body, kind=kind).json()) == 2
+    cases = {"cut short": (body[:-30], kind, "no closing delimiter"),
+             "no boundary parameter": (body, "multipart/mixed", "without a boundary"),
+             "another boundary": (body, "multipart/mixed; boundary=nope", "malformed multipart"),
+             "a broken frame among good ones": (multipart_frames([good[0], b"junk"])[0], None, "not a decodable"),
+             "more frames than allowed": (multipart_frames([good[0]] * 65)[0], None, "more than 64 frames")}
+    for what, (data, ctype, message) in cases.items():
+        if ctype is None:  # the body's own boundary
+            ctype = "multipart/mixed; boundary=" + data.split(b"\r\n", 1)[0][2:].decode()
+        r = _raw(server, data, kind=ctype)
+        assert r.status_code == 400, (what, r.status_code, r.text)
+        assert message in r.text, (what, r.text)
+    assert server.alive()
+
+
+def test_compact_route_refuses_bad_input_as_the_json_route_does(server, model_ws):
+    good = field_images(model_ws.root, 1)[0]
+    tiny = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    cases = {"undecodable bytes": (b"this is not a jpeg", "image/jpeg", 400, "not a decodable JPEG/PNG"),
+             "wrong size": (tiny, "image/png", 400, "8x8 px"),
+             "empty body": (b"", "application/octet-stream", 400, "empty image"),
+             "a form instead of a frame": (good, "multipart/form-data; boundary=x", 415, "one raw frame"),
+             "JSON instead of a frame": (b'{"images": []}', "application/json", 415, "one raw frame"),
+             "too large": (b"x" * (2 << 20), "image/jpeg", 413, "limit")}
+    for what, (data, kind, status, message) in cases.items():
+        r = _raw(server, data, kind=kind)
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert message in r.text, (what, r.text)
+        same = _post(server, {"images": [_b64(data)]}) if status == 400 else None
+        assert same is None or same.status_code == 400, (what, same.text)  # the JSON route agrees
+    assert _raw(server, good, token=None).status_code == 401
+    assert _raw(server, good).status_code == 200 and server.alive()
 
 
 def test_bad_input_gets_4xx_with_a_message_and_the_worker_survives(server, model_ws):
