@@ -38,6 +38,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -117,6 +119,8 @@ class EdgeParams:
     ready_timeout_s: float = 120.0  # a new server's start-up, up to its readiness probe
     retry_base_s: float = 2.0  # backoff after a version failed to start (or its server died): doubles
     retry_max_s: float = 300.0  # ... up to this
+    inflight: int = 2  # requests in flight to the node's server at once: its adaptive batcher joins them
+    frames_per_request: int = 8  # frames of the node's cameras sent in one request
     select: SelectParams = field(default_factory=SelectParams)  # `edge.select`: which frames are hard examples
 
     def node_settings(self) -> dict:
@@ -158,6 +162,8 @@ class NodeConfig:
     sink: str | None = None
     serve_env: dict[str, str] = field(default_factory=dict)  # CITYLOOP_* settings for the service
     shadow: str | None = None  # a second registry version run in-process: disagreement selection
+    inflight: int = 2  # requests sent to the server before the first answer is awaited (it batches them)
+    frames_per_request: int = 8  # frames sent together in one request (the compact route's multipart body)
 
     @property
     def dir(self) -> Path:
@@ -279,6 +285,16 @@ class Uploader(threading.Thread):
         http.close()
 
 
+@dataclass
+class InFlight:
+    """Frames sent to the server in one request, their answers to come."""
+
+    frames: list[Frame]
+    client: DetectorClient
+    sent: float  # perf_counter at sending
+    future: Future
+
+
 class EdgeNode:
     """The node's main loop (blocking `run()`; SIGTERM/SIGINT stop it and its server)."""
 
@@ -307,6 +323,8 @@ class EdgeNode:
         self._failed_requests = 0  # in a row: a server that stops answering is restarted
         self._next: dict | None = None  # server.json's record of the server starting now
         self._retiring: list[threading.Thread] = []
+        self._pending: deque[InFlight] = deque()  # frames sent, in sending order
+        self._pool = ThreadPoolExecutor(max(1, cfg.inflight), thread_name_prefix=f"{cfg.name}-detect")
 
     def _load_shadow(self, model_id: str):
         """The shadow version in onnxruntime (one thread): its boxes are compared with the served ones."""
@@ -433,7 +451,7 @@ class EdgeNode:
         self.state, self._failed_requests = "serving", 0
         self._save_servers()
         log.info("serving %s on port %d", self.version, self.server.port)
-        if old is not None:  # switched: no request is in flight on the old one (one frame loop)
+        if old is not None:  # switched: the old one stops once the requests already sent to it are answered
             self.swaps += 1
             self._retire(old, old_client)
 
@@ -458,8 +476,12 @@ class EdgeNode:
         self._save_servers()
 
     def _retire(self, server: Server, client: DetectorClient | None) -> None:
-        """Stop an old server in the background (its graceful stop must not hold up the frame loop)."""
+        """Stop an old server in the background (its graceful stop must not hold up the frame loop), once the
+        frames already sent to it are answered."""
+        asked = [job.future for job in self._pending if job.client is client]
+
         def stop() -> None:
+            futures_wait(asked, timeout=30)
             if client is not None:
                 client.close()
             stop_server(server)
@@ -538,15 +560,30 @@ class EdgeNode:
             log.warning("status not written: %s", exc)
 
     # ------------------------------------------------------------------ frames
-    def process(self, frame: Frame, client: DetectorClient, outbox: Outbox, sink: SinkWorker) -> None:
-        """Detect one frame, hand it to the sink's worker, maybe keep it as a hard example."""
-        t0 = time.perf_counter()
+    def request(self, frames: list[Frame], client: DetectorClient) -> InFlight:
+        """Send frames in one request to the server (the compact route) on the request pool; `finish` takes
+        the answers."""
+        return InFlight(frames, client, time.perf_counter(),
+                        self._pool.submit(client.detect_frames, [f.data for f in frames]))
+
+    def finish(self, job: InFlight, outbox: Outbox, sink: SinkWorker) -> None:
+        """Wait for a request's detections, hand each frame's to the sink's worker, maybe keep the frame as a
+        hard example. Requests are finished in the order they were sent, so each camera's frames reach the
+        sink in order. A request of several frames refused as bad input is retried frame by frame: one
+        broken camera image costs only itself."""
         try:
-            result = client.detect([frame.data])[0]
-            dets, version = result["detections"], result["model_version"]
+            results = job.future.result()
+            answers = [(r["detections"], r["model_version"]) for r in results]
+            if len(answers) != len(job.frames):
+                raise ValueError(f"{len(answers)} answers to {len(job.frames)} frames")
         except ServingError as exc:
+            if exc.status < 500 and len(job.frames) > 1:
+                for frame in job.frames:
+                    self.finish(self.request([frame], job.client), outbox, sink)
+                return
             self._request_failed(exc, exc.status)
             if exc.status < 500:  # the frame itself is bad (a broken camera image): skip it
+                frame = job.frames[0]
                 log.warning("%s frame %d rejected: %s", frame.camera_id, frame.index, exc)
                 self._failed_requests = 0  # the server answered
                 return
@@ -558,17 +595,23 @@ class EdgeNode:
             self.stop.wait(0.5)
             return
         self._failed_requests = 0
-        self.latency.append((time.perf_counter() - t0) * 1000)
-        self.frames += 1
-        self.frame_times.append(time.time())
-        # the encoded frame too: the analysis layer keeps it as the snapshot of an event it raises
-        sink.submit(frame.camera_id, frame.ts, frame.index, dets, version, image=frame.data)
-        try:
-            self._select(frame, dets, version, outbox)
-        except Exception as exc:  # noqa: BLE001 - an outbox locked too long, a broken shadow: reported, loop goes on
-            self.select_errors += 1
-            self.last_error = {"kind": "select", "error": f"{type(exc).__name__}: {exc}"[:500], "ts": time.time()}
-            log.warning("hard-example selection failed on %s frame %d: %s", frame.camera_id, frame.index, exc)
+        self.latency.append((time.perf_counter() - job.sent) * 1000)
+        for frame, (dets, version) in zip(job.frames, answers):
+            self.frames += 1
+            self.frame_times.append(time.time())
+            # the encoded frame too: the analysis layer keeps it as the snapshot of an event it raises
+            sink.submit(frame.camera_id, frame.ts, frame.index, dets, version, image=frame.data)
+            try:
+                self._select(frame, dets, version, outbox)
+            except Exception as exc:  # noqa: BLE001 - an outbox locked too long, a broken shadow: reported
+                self.select_errors += 1
+                self.last_error = {"kind": "select", "error": f"{type(exc).__name__}: {exc}"[:500],
+                                   "ts": time.time()}
+                log.warning("hard-example selection failed on %s frame %d: %s", frame.camera_id, frame.index, exc)
+
+    def process(self, frame: Frame, client: DetectorClient, outbox: Outbox, sink: SinkWorker) -> None:
+        """One frame, sent and finished before returning (no other frame in flight)."""
+        self.finish(self.request([frame], client), outbox, sink)
 
     def _request_failed(self, exc: Exception, status: int | None = None) -> None:
         self.errors += 1
@@ -591,6 +634,8 @@ class EdgeNode:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop.set())
         outbox = Outbox(self.cfg.dir / "outbox.db")
+        pending = self._pending
+        group: list[Frame] = []  # frames read, to be sent together
         uploader = Uploader(self.cfg, self.stop) if self.cfg.center else None
         sink = load_sink(self.cfg.sink, self.cfg.dir, self.cfg.streams)
         if getattr(sink, "assignment", False) is None:  # an Analyzer: it runs what the schedule assigns
@@ -604,6 +649,9 @@ class EdgeNode:
             if uploader:
                 uploader.start()
             frames = round_robin(self.cfg.streams, self.cfg.loop) if self.cfg.streams else iter(())
+            window = max(1, self.cfg.inflight)  # requests in flight: the server batches them together
+            # frames per request: at most one round of the cameras, so a frame waits for no later frame of its own
+            per_request = max(1, min(self.cfg.frames_per_request, len(self.cfg.streams) or 1))
             last_beat = last_check = 0.0
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -614,22 +662,41 @@ class EdgeNode:
                 if now - last_beat >= self.cfg.heartbeat_s:
                     last_beat = now
                     self._beat(outbox)
+                while pending and (pending[0].future.done() or len(pending) >= window):
+                    self.finish(pending.popleft(), outbox, self.sink_worker)
                 if self.client is None:  # nothing serves yet (starting, or failed and backing off): frames wait
                     self.stop.wait(0.1)
                     continue
                 frame = None if self.streams_done else next(frames, None)
                 if frame is None:
-                    self.streams_done = True
-                    self.stop.wait(0.2)
+                    if group:
+                        pending.append(self.request(group, self.client))
+                        group = []
+                    elif pending:
+                        self.finish(pending.popleft(), outbox, self.sink_worker)
+                    else:
+                        self.streams_done = True
+                        self.stop.wait(0.2)
                     continue
                 if self.schedule is not None and not self.schedule.take(frame.camera_id, frame.ts):
                     self.skipped += 1  # not planned now, or not due at the camera's planned frames/s
                     continue
-                self.process(frame, self.client, outbox, self.sink_worker)
+                group.append(frame)
+                if len(group) >= per_request or self.cfg.max_fps > 0:
+                    pending.append(self.request(group, self.client))
+                    group = []
                 if self.cfg.max_fps > 0:
                     self.stop.wait(1.0 / self.cfg.max_fps)
         finally:
             self.stop.set()
+            if group and self.client is not None:  # frames read but not sent yet
+                pending.append(self.request(group, self.client))
+            for job in pending:  # answers already asked for still reach the sink and the selector
+                try:
+                    self.finish(job, outbox, self.sink_worker)
+                except Exception as exc:  # noqa: BLE001 - stopping: what cannot be finished is logged
+                    log.warning("%d frame(s) not finished at stop: %s", len(job.frames), exc)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             if uploader and uploader.is_alive():
                 uploader.join(20)
             if self.launch is not None:  # the stop cancelled its wait (it then stops what it started)

@@ -6,7 +6,6 @@ enforced by the node against the outbox (so it survives restarts).
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -61,7 +60,8 @@ class Selector:
 
     def __init__(self, params: SelectParams) -> None:
         self.p = params
-        self.memory: dict[str, deque[np.ndarray]] = {}
+        self.memory: dict[str, np.ndarray] = {}  # camera -> (novelty_memory, 256) ring of thumbnails
+        self.filled: dict[str, int] = {}  # thumbnails stored per camera so far
 
     def low_confidence(self, dets: list[dict]) -> float | None:
         """Uncertainty in (0, 1] of the least certain detection inside the band, or None."""
@@ -73,9 +73,13 @@ class Selector:
         t = thumbnail(image)
         if t is None:
             return None
-        mem = self.memory.setdefault(camera_id, deque(maxlen=self.p.novelty_memory))
-        dist = min((float(np.sqrt(np.mean((t - m) ** 2))) / 2 for m in mem), default=1.0)
-        mem.append(t)
+        size = max(1, self.p.novelty_memory)
+        mem = self.memory.setdefault(camera_id, np.empty((size, t.size), np.float32))
+        n = self.filled.get(camera_id, 0)
+        seen = mem[: min(n, size)]  # one array operation over the remembered thumbnails (not a loop)
+        dist = float(np.sqrt(np.mean((seen - t) ** 2, axis=1)).min()) / 2 if len(seen) else 1.0
+        mem[n % size] = t
+        self.filled[camera_id] = n + 1
         return dist if dist >= self.p.novelty_min else None
 
     def select(self, camera_id: str, image: bytes, dets: list[dict],

@@ -1,5 +1,5 @@
 """A stand-in for `bentoml serve` in the edge node's supervision tests (tests/edge/test_supervision.py):
-the same HTTP surface (/readyz, /detect, /info) answered in microseconds, so a test can start, swap,
+the same HTTP surface (/readyz, /detect, /detect_raw, /info) answered in microseconds, so a test can start, swap,
 kill and fail servers many times a second. Real bentoml servers are covered by the slow tests.
 
     python fake_bento.py PORT VERSION
@@ -39,9 +39,15 @@ def main() -> None:
             self._send(200 if self.path == "/readyz" else 404, {})
 
         def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/detect_raw":  # one frame, or a multipart/mixed body of frames: one box each
+                kind = self.headers.get("Content-Type", "")
+                n = raw.count(b"--" + kind.split("boundary=")[1].encode() + b"\r\n") if "boundary=" in kind else 1
+                return self._send(200, [{"model_version": version, "boxes": [[1.0, 2.0, 30.0, 40.0, 0.9, 0]],
+                                         "width": 64, "height": 64} for _ in range(n)])
+            body = json.loads(raw or b"{}")
             if self.path == "/info":
-                return self._send(200, {"model_version": version})
+                return self._send(200, {"model_version": version, "classes": ["car"]})
             dets = [{"box": [1.0, 2.0, 30.0, 40.0], "score": 0.9, "label": "car", "cls": 0}]
             self._send(200, [{"model_version": version, "detections": dets} for _ in body.get("images", [])])
 
