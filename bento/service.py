@@ -11,7 +11,8 @@ as the parts of a `multipart/mixed` body (one part per frame: a node sends the f
 cameras at once). It answers one entry per frame, in order:
 `{"boxes": [[x0, y0, x1, y1, score, label], ...], "width", "height", "model_version"}` (labels index
 `POST /info`'s `classes`): the same detections as `/detect`, adaptively batched the same way, with the
-same 4xx for bad input.
+same 4xx for bad input. A caller that needs no box below some score says so in `X-Min-Score` (an edge
+node: its hard-example band starts at 0.15), and the answer shrinks with it.
 
 Settings come from the environment (defaults in `ServeSettings`), so the same file serves from a
 bento (model beside it in `model/`) and straight from the registry (`CITYLOOP_MODEL_DIR`).
@@ -44,6 +45,17 @@ MULTI_TYPE = "multipart/mixed"
 # The multipart boundary of the request being handled: the Guard reads it from the Content-Type header
 # and the input validator (which sees only the body) splits the body's parts with it.
 _BOUNDARY: ContextVar[bytes | None] = ContextVar("cityloop_raw_boundary", default=None)
+# `X-Min-Score`: the lowest score the caller wants back (an edge node needs nothing below its selection band)
+MIN_SCORE_HEADER = b"x-min-score"
+_MIN_SCORE: ContextVar[float] = ContextVar("cityloop_raw_min_score", default=0.0)
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """A decoded frame of the compact route and the lowest score its caller wants back."""
+
+    image: np.ndarray
+    min_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,8 @@ class ServeSettings:
     # gave 503s at 16 concurrent clients in benchmarks/bench_serving.py)
     ort_threads: int = 1  # [CITYLOOP_ORT_THREADS] intra-op threads: one core per edge node
     ort_spinning: int = 0  # [CITYLOOP_ORT_SPINNING] 1: intra-op threads busy-wait (they take the event loop's CPU)
+    workers: int = 1  # [CITYLOOP_WORKERS] server processes (each its own event loop, batcher and model): one per
+    # core the node owns; one process's event loop and GIL cap it near 130 frames/s (benchmarks/bench_serving.py)
     max_images: int = 64  # [CITYLOOP_MAX_IMAGES] images per request
     max_bytes: int = 8 << 20  # [CITYLOOP_MAX_BYTES] request body limit (413 beyond)
     min_side: int = 16  # [CITYLOOP_MIN_SIDE] smallest accepted width/height in px
@@ -70,8 +84,8 @@ class ServeSettings:
     def from_env(cls) -> ServeSettings:
         env = os.environ
         ints = {f: int(env[f"CITYLOOP_{f.upper()}"]) for f in (
-            "max_batch_size", "max_latency_ms", "ort_threads", "ort_spinning", "max_images", "max_bytes", "min_side",
-            "max_side", "max_inflight", "max_image_pixels") if env.get(f"CITYLOOP_{f.upper()}")}
+            "max_batch_size", "max_latency_ms", "ort_threads", "ort_spinning", "workers", "max_images", "max_bytes",
+            "min_side", "max_side", "max_inflight", "max_image_pixels") if env.get(f"CITYLOOP_{f.upper()}")}
         model_dir = Path(env.get("CITYLOOP_MODEL_DIR") or Path(__file__).resolve().with_name("model"))
         return cls(model_dir=model_dir, **ints)
 
@@ -123,7 +137,7 @@ def split_parts(body: bytes, boundary: bytes, limit: int) -> list[bytes]:
     return [bytes(p) for p in parts]
 
 
-def _raw_frames(body: bytes | list) -> list[np.ndarray]:
+def _raw_frames(body: bytes | list) -> list[RawFrame]:
     """The compact route's body (one encoded frame, or a multipart/mixed body of frames) -> the list of
     its images: the unit the adaptive batcher concatenates across requests. Idempotent (the input model
     may validate twice)."""
@@ -133,10 +147,11 @@ def _raw_frames(body: bytes | list) -> list[np.ndarray]:
         raise ValueError("the body must be a JPEG/PNG image or a multipart/mixed body of them")
     boundary = _BOUNDARY.get()
     if boundary is not None:
-        return [_checked(part) for part in split_parts(bytes(body), boundary, SETTINGS.max_images)]
+        floor = _MIN_SCORE.get()
+        return [RawFrame(_checked(part), floor) for part in split_parts(bytes(body), boundary, SETTINGS.max_images)]
     if body == b"{}":  # what BentoML's JSON parsing hands over for an empty body
         body = b""
-    return [_checked(bytes(body))]
+    return [RawFrame(_checked(bytes(body)), _MIN_SCORE.get())]
 
 
 def _check_image(text: str | np.ndarray) -> np.ndarray:
@@ -201,8 +216,16 @@ class Guard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _reply(send, 413, f"request body is {int(length)} bytes; the limit is {self.max_bytes}")
-        boundary = None
+        boundary, floor = None, 0.0
         if scope["path"] == RAW_PATH:
+            given = headers.get(MIN_SCORE_HEADER)
+            if given is not None:
+                try:
+                    floor = float(given)
+                except ValueError:
+                    floor = -1.0
+                if not 0.0 <= floor <= 1.0:
+                    return await _reply(send, 400, f"X-Min-Score must be a number within 0..1 (got {given[:20]!r})")
             kind, options = parse_options_header(headers.get(b"content-type", b""))
             kind = kind.decode("latin-1").lower()
             if kind == MULTI_TYPE:
@@ -218,13 +241,14 @@ class Guard:
                                 [(b"retry-after", b"1")])
         self.inflight += 1
         body = _BodyLimit(receive, send, self.max_bytes)
-        token = _BOUNDARY.set(boundary)
+        token, floor_token = _BOUNDARY.set(boundary), _MIN_SCORE.set(floor)
         try:
             await self.app(scope, body.receive, body.send)
             if body.too_large and not body.replied:
                 await body.reply_413()
         finally:
             _BOUNDARY.reset(token)
+            _MIN_SCORE.reset(floor_token)
             self.inflight -= 1
 
 
@@ -274,7 +298,7 @@ async def _reply(send, status: int, error: str, headers: list[tuple[bytes, bytes
     await send({"type": "http.response.body", "body": body})
 
 
-@bentoml.service(name="cityloop_detector", workers=1, traffic={"timeout": 30},
+@bentoml.service(name="cityloop_detector", workers=SETTINGS.workers, traffic={"timeout": 30},
                  endpoints={"livez": "/livez", "readyz": "/readyz"})
 class DetectorService:
     """One model version in onnxruntime; adaptive batching over requests."""
@@ -304,12 +328,12 @@ class DetectorService:
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def detect_raw(self, frames: RawFrames, /) -> list[dict]:
-        """Compact route: raw JPEG/PNG frames in (one, or a multipart/mixed body), box arrays out; batched
-        like /detect."""
-        rows = self.model.detect_arrays(frames, batch_size=SETTINGS.max_batch_size)
+        """Compact route: raw JPEG/PNG frames in (one, or a multipart/mixed body), box arrays out (those
+        scored at least the caller's X-Min-Score); batched like /detect."""
+        rows = self.model.detect_arrays([f.image for f in frames], batch_size=SETTINGS.max_batch_size)
         self.images.labels(model_version=self.version).inc(len(frames))
-        return [{"boxes": r.tolist(), "width": img.shape[1], "height": img.shape[0],
-                 "model_version": self.version} for img, r in zip(frames, rows)]
+        return [{"boxes": (r[r[:, 4] >= f.min_score] if f.min_score > 0 else r).tolist(), "width": f.image.shape[1],
+                 "height": f.image.shape[0], "model_version": self.version} for f, r in zip(frames, rows)]
 
     @bentoml.api
     def detect_unbatched(self, images: ImageList) -> list[ImageResult]:

@@ -65,6 +65,7 @@ class ServeParams:
     max_latency_ms: int = 1000  # queueing + inference budget before the dispatcher answers 503
     ort_threads: int = 1  # onnxruntime intra-op threads: one core per edge node
     ort_spinning: int = 0  # 1: intra-op threads busy-wait between runs (they take the event loop's CPU)
+    workers: int = 1  # server processes: one per core the node owns
     max_images: int = 64  # images per request
     max_bytes: int = 8 << 20  # request body limit (413 beyond)
     min_side: int = 16  # smallest accepted width/height in px
@@ -199,10 +200,11 @@ class DetectorClient:
         """One encoded frame (JPEG/PNG bytes) through the compact route: `detect_frames([data])[0]`."""
         return self.detect_frames([data])[0]
 
-    def detect_frames(self, frames: list[bytes]) -> list[dict]:
+    def detect_frames(self, frames: list[bytes], min_score: float = 0.0) -> list[dict]:
         """Encoded frames (JPEG/PNG bytes) through the compact route `/detect_raw` (the raw frame as the
         body, several as a multipart/mixed body; box arrays out), returned as `detect` returns them:
         per frame {"detections": [{"box", "score", "label", "cls"}], "width", "height", "model_version"}.
+        `min_score`: boxes scored lower are not sent back (the compact route only).
         A server without the route (an older bento) gets `/detect`."""
         if not self.compact:
             return self.detect(frames)
@@ -210,7 +212,8 @@ class DetectorClient:
             body, kind = frames[0], "application/octet-stream"
         else:
             body, kind = multipart_frames(frames)
-        r = self.http.post("/detect_raw", content=body, headers={"content-type": kind})
+        headers = {"content-type": kind, **({"x-min-score": repr(float(min_score))} if min_score > 0 else {})}
+        r = self.http.post("/detect_raw", content=body, headers=headers)
         if r.status_code == 404:
             self.compact = False
             return self.detect(frames)

@@ -119,8 +119,10 @@ class EdgeParams:
     ready_timeout_s: float = 120.0  # a new server's start-up, up to its readiness probe
     retry_base_s: float = 2.0  # backoff after a version failed to start (or its server died): doubles
     retry_max_s: float = 300.0  # ... up to this
-    inflight: int = 2  # requests in flight to the node's server at once: its adaptive batcher joins them
+    inflight: int = 6  # requests in flight to the node's server at once: its adaptive batcher joins them
     frames_per_request: int = 8  # frames of the node's cameras sent in one request
+    min_score: float = 0.15  # boxes scored lower are not sent back (at or below select.low_conf_min and the
+    # analysis tracker's min_score: neither looks lower)
     select: SelectParams = field(default_factory=SelectParams)  # `edge.select`: which frames are hard examples
 
     def node_settings(self) -> dict:
@@ -162,8 +164,9 @@ class NodeConfig:
     sink: str | None = None
     serve_env: dict[str, str] = field(default_factory=dict)  # CITYLOOP_* settings for the service
     shadow: str | None = None  # a second registry version run in-process: disagreement selection
-    inflight: int = 2  # requests sent to the server before the first answer is awaited (it batches them)
+    inflight: int = 6  # requests sent to the server before the first answer is awaited (it batches them)
     frames_per_request: int = 8  # frames sent together in one request (the compact route's multipart body)
+    min_score: float = 0.15  # the lowest score the node asks the server for (its selection and sink use no lower)
 
     @property
     def dir(self) -> Path:
@@ -346,8 +349,9 @@ class EdgeNode:
         except ValueError as exc:
             log.warning("shadow %s skipped a frame: %s", self.cfg.shadow, exc)
             return None
-        dets = self.shadow.detect([image])[0]
-        return [{"box": [d.x0, d.y0, d.x1, d.y1], "score": d.score, "label": d.label, "cls": d.cls} for d in dets]
+        dets = self.shadow.detect([image])[0]  # the served boxes' floor too: the two lists compare like with like
+        return [{"box": [d.x0, d.y0, d.x1, d.y1], "score": d.score, "label": d.label, "cls": d.cls} for d in dets
+                if d.score >= self.cfg.min_score]
 
     # ------------------------------------------------------------------ serving
     def desired_version(self) -> str:
@@ -564,7 +568,7 @@ class EdgeNode:
         """Send frames in one request to the server (the compact route) on the request pool; `finish` takes
         the answers."""
         return InFlight(frames, client, time.perf_counter(),
-                        self._pool.submit(client.detect_frames, [f.data for f in frames]))
+                        self._pool.submit(client.detect_frames, [f.data for f in frames], self.cfg.min_score))
 
     def finish(self, job: InFlight, outbox: Outbox, sink: SinkWorker) -> None:
         """Wait for a request's detections, hand each frame's to the sink's worker, maybe keep the frame as a

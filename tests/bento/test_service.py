@@ -78,6 +78,10 @@ def test_compact_route_returns_the_json_routes_detections(server, model_ws):
     assert set(raw[0]) == {"boxes", "width", "height", "model_version"} and len(raw[0]["boxes"][0]) == 6
     together = client.detect_frames(images[:8])  # eight cameras' frames in one multipart/mixed request
     assert [r["detections"] for r in together] == [a["detections"] for a in alone[:8]]
+    floored = client.detect_frames(images[:8], min_score=0.3)  # X-Min-Score: what a node asks for
+    assert [r["detections"] for r in floored] == [[d for d in a["detections"] if d["score"] >= 0.3]
+                                                  for a in alone[:8]]
+    assert sum(map(len, (r["detections"] for r in floored))) < sum(map(len, (a["detections"] for a in alone[:8])))
 
 
 def test_compact_route_refuses_a_bad_multipart_body(server, model_ws):
@@ -113,6 +117,10 @@ def test_compact_route_refuses_bad_input_as_the_json_route_does(server, model_ws
         assert message in r.text, (what, r.text)
         same = _post(server, {"images": [_b64(data)]}) if status == 400 else None
         assert same is None or same.status_code == 400, (what, same.text)  # the JSON route agrees
+    for floor in ("high", "1.5", "-0.1"):
+        r = httpx.post(server.url + "/detect_raw", content=good, timeout=30, headers={
+            "content-type": "image/jpeg", "x-min-score": floor, "Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 400 and "X-Min-Score" in r.text, (floor, r.text)
     assert _raw(server, good, token=None).status_code == 401
     assert _raw(server, good).status_code == 200 and server.alive()
 
