@@ -1,7 +1,9 @@
 """Video analysis benchmark, side by side in one run: end-to-end frames/s (decode → infer → track
 → rules → event store) against inference-only frames/s on the same frames (the overhead ratio),
-and time to discovery per scenario, with the simulator's boxes (the rules' own delay) and with
-the model.
+time to discovery per scenario, with the simulator's boxes (the rules' own delay) and with the
+model, and cameras per edge node: a real `cityloop edge start` node (its Bento server, the compact
+route, hard-example selection, the analysis sink into the event store) streaming many cameras as
+fast as it can; its frames/s through the sink over 2 fps per camera.
 
     .venv/bin/python benchmarks/bench_analysis.py --root WORKSPACE [--model cityloop-detector:latest]
 """
@@ -14,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,6 +91,58 @@ def ttd_rows(per: dict, label: str) -> list[Row]:
     return rows
 
 
+def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.Namespace) -> dict:
+    """A real edge node (`cityloop edge start`, its own `bentoml serve`, the analysis sink writing the event
+    store) over every camera of `streams`, as fast as it can: frames/s delivered through the sink, from its
+    first frame to the last, and what was dropped or failed on the way."""
+    import shutil
+    import subprocess
+
+    from cityloop.bento.serving import free_port
+    from cityloop.edge.node import node_dir, read_json
+    from cityloop.models.store import ModelStore
+
+    ws = tmp / "node-ws"
+    shutil.copytree(root / "data" / "models", ws / "data" / "models", symlinks=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["serve"]["workers"] = args.node_workers  # a node that owns the machine: one server process per core
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    mv = ModelStore(ws, track=False).get(model)
+    cams = read_cameras(streams)
+    env = {**os.environ, "CITYLOOP_ROOT": str(ws)}
+    argv = [str(Path(sys.executable).with_name("cityloop")), "edge", "start", "--name", "bench",
+            "--port", str(free_port()), "--model", mv.id, "--sink", "cityloop.analysis.sink:edge_sink"]
+    for c in cams:
+        argv += ["--stream", f"{c['camera_id']}={streams / c['camera_id'] / 'frames'}"]
+    total = sum(len(frame_files(streams, c["camera_id"])) for c in cams)
+    proc = subprocess.Popen(argv, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=open(tmp / "node.log", "wb"),
+                            start_new_session=True)
+    status = node_dir(ws, "bench") / "status.json"
+    try:
+        deadline, first, st = time.time() + 180, None, {}
+        while time.time() < deadline:
+            st = read_json(status) or {}
+            sink = st.get("sink") or {}
+            if first is None and st.get("frames", 0) > 0:
+                first = (time.perf_counter(), sink.get("delivered", 0) + sink.get("queued", 0))
+            if st.get("streams_done") and sink.get("queued", 1) == 0:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited ({proc.returncode}): {(tmp / 'node.log').read_text()[-2000:]}")
+            time.sleep(args.node_poll)
+        end = time.perf_counter()
+        if first is None or not st.get("streams_done"):
+            raise RuntimeError(f"the node did not get through its streams: {st}")
+        sink = st["sink"]
+        return {"fps": (sink["delivered"] - first[1]) / (end - first[0]), "frames": st["frames"], "total": total,
+                "dropped": sink.get("dropped", 0), "failed": sink.get("failed", 0), "errors": st.get("errors", 0),
+                "cameras": len(cams), "latency_p50_ms": st.get("latency_p50_ms"), "selected": st.get("selected"),
+                "inflight": params["edge"]["inflight"], "per_request": params["edge"]["frames_per_request"]}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(60)
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -103,6 +159,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         n_e2e, s_e2e, timings, per_model = best_e2e
         log("end to end with the simulator's boxes")
         _, s_truth, t_truth, per_truth = patrol_all(args.root, folders, "truth", tmp)
+        log(f"one edge node: {args.node_cameras} cameras × {args.node_seconds:.0f} s at {args.fps:g} fps")
+        generate_video("field", args.node_cameras, args.node_seconds, args.fps, 200, tmp / "node-streams",
+                       rates=RATES, workers=2)
+        node = node_rate(args.root, args.model, tmp / "node-streams", tmp, args)
     fps_inf, fps_e2e = n_inf / s_inf, n_e2e / s_e2e
     rows = [Row(f"inference only (onnxruntime, batch {args.batch}, pre-decoded)", fps_inf, "frames/s",
                 f"best of {args.repeat} passes, alternating with end to end"),
@@ -112,6 +172,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
             Row("overhead ratio (inference-only / end-to-end frames/s)", fps_inf / fps_e2e, "x"),
             Row("track → rules → store alone (simulator boxes)", n_e2e / max(t_truth.get("analysis_s", 1e-9), 1e-9),
                 "frames/s", "no decode, no inference")]
+    rows += [Row("one edge node, end to end: stream → Bento server → track → rules → store", node["fps"], "frames/s",
+                 f"{node['frames']}/{node['total']} frames of {node['cameras']} cameras; sink dropped "
+                 f"{node['dropped']}, failed {node['failed']}; request errors {node['errors']}; "
+                 f"p50 {fmt(node['latency_p50_ms'])} ms per request"),
+             Row(f"cameras per edge node at {args.fps:g} fps", node["fps"] / args.fps, "cameras",
+                 f"the node's frames/s over each camera's frames/s; serve.workers {args.node_workers}, "
+                 f"edge.inflight {node['inflight']} × edge.frames_per_request {node['per_request']}")]
     rows += ttd_rows(per_truth, "simulator boxes")
     rows += ttd_rows(per_model, version)
     note = (f"`{version}` from `{args.root}`; {n_e2e} frames: {2 * args.cameras} simulated field cameras "
@@ -128,6 +195,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, default=2.0)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3, help="timing passes (best of each kept)")
+    p.add_argument("--node-cameras", type=int, default=24, help="cameras streamed through one edge node")
+    p.add_argument("--node-workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="the node's server processes (serve.workers; default: one per core)")
+    p.add_argument("--node-seconds", type=float, default=60.0, help="seconds of stream per camera")
+    p.add_argument("--node-poll", type=float, default=0.2, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     return p.parse_args(argv)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
 
-from cityloop.bento.serving import free_port, start_server, stop_server  # noqa: E402
+from cityloop.bento.serving import free_port, multipart_frames, start_server, stop_server  # noqa: E402
 from cityloop.models.runtime import OnnxDetector, decode_image  # noqa: E402
 from cityloop.models.store import ModelStore  # noqa: E402
 
@@ -46,42 +46,62 @@ class Load:
     errors: dict[int, int]
 
 
-async def _load(url: str, endpoint: str, bodies: list[dict], concurrency: int, n: int) -> Load:
-    """n requests from `concurrency` workers; requests/s, latency percentiles, error codes."""
+async def _load(url: str, endpoint: str, bodies: list, concurrency: int, n: int, images: int = 1) -> Load:
+    """n requests from `concurrency` workers; requests/s, images/s, latency percentiles, error codes. Bodies
+    are JSON objects ({"images": [...]}), raw frames, or (body, Content-Type) pairs (multipart/mixed), each
+    holding `images` images.
+
+    The load generator is aiohttp (BentoML's own dependency): it shares the two cores with the server,
+    and costs about half of what httpx did per request, so more of them are left to the server."""
+    import aiohttp
+
     lat: list[float] = []
     errors: dict[int, int] = {}
     counter = iter(range(n))
-    images = len(bodies[0]["images"])
+    if isinstance(bodies[0], dict):
+        payloads = [(json.dumps(b).encode(), "application/json") for b in bodies]
+    elif isinstance(bodies[0], bytes):
+        payloads = [(b, "image/jpeg") for b in bodies]
+    else:
+        payloads = bodies
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def post(session: aiohttp.ClientSession, payload: tuple[bytes, str]) -> int:
+        async with session.post(url + endpoint, data=payload[0], headers={"content-type": payload[1]}) as r:
+            await r.read()
+            return r.status
+
+    async def worker(session: aiohttp.ClientSession) -> None:
         for i in counter:
             t0 = time.perf_counter()
-            r = await client.post(endpoint, json=bodies[i % len(bodies)])
-            if r.status_code == 200:
+            status = await post(session, payloads[i % len(payloads)])
+            if status == 200:
                 lat.append((time.perf_counter() - t0) * 1000)
             else:
-                errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                errors[status] = errors.get(status, 0) + 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await client.post(endpoint, json=bodies[0])  # warm-up
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await post(session, payloads[0])  # warm-up
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     ok = len(lat)
     return Load(ok / wall, ok * images / wall, float(np.percentile(lat, 50)) if lat else 0.0,
                 float(np.percentile(lat, 99)) if lat else 0.0, errors)
 
 
-def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int) -> float:
-    """img/s of bytes -> decode -> preprocess -> onnxruntime -> decode boxes, in this process."""
+def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int,
+               compact: bool = True) -> float:
+    """img/s of bytes -> decode -> preprocess -> onnxruntime -> boxes, in this process (the service's own
+    code: `detect_arrays` for the compact route, `detect`'s objects for the JSON one)."""
     from cityloop.models.card import ModelCard
 
     det = OnnxDetector(model_dir / "model.onnx", ModelCard.load(model_dir / "card.json"), threads)
-    det.detect([decode_image(b) for b in frames[:batch]], batch)
+    run = det.detect_arrays if compact else det.detect
+    run([decode_image(b) for b in frames[:batch]], batch)
     t0 = time.perf_counter()
     for _ in range(repeat):
-        det.detect([decode_image(b) for b in frames], batch)
+        run([decode_image(b) for b in frames], batch)
     return repeat * len(frames) / (time.perf_counter() - t0)
 
 
@@ -136,41 +156,58 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         data = [p.read_bytes() for p in frames]
         bodies = [{"images": [base64.b64encode(b).decode()]} for b in data]
         rows: list[Row] = []
-        log("in-process onnxruntime, 1 thread, batch 32")
+        log("in-process onnxruntime, batch 32, 1 and 2 threads")
         ort_ips = in_process(mv.path, data, 32, 1, args.repeat)
-        rows.append(Row("in-process ORT (bytes → boxes), batch 32", ort_ips, "img/s",
-                        "1 thread, same code as the service"))
+        ort2_ips = in_process(mv.path, data, 32, 2, args.repeat)
+        rows += [Row("in-process ORT (bytes → boxes), batch 32, 1 thread", ort_ips, "img/s",
+                     "the service's code (decode, preprocess, infer, box arrays)"),
+                 Row("in-process ORT (bytes → boxes), batch 32, 2 threads", ort2_ips, "img/s", "both cores")]
+        multi = [multipart_frames(data[k: k + args.per_request]) for k in range(0, len(data), args.per_request)]
+        one_by_one = {"/detect_unbatched": bodies, "/detect": bodies, "/detect_raw": data}
+        # (label, server processes, endpoint, bodies, images per request, concurrent clients)
+        plans = [(f"JSON, no batching, {w} process(es)", w, "/detect_unbatched", 1, args.concurrency)
+                 for w in (1,)]
+        for w in args.workers:
+            plans += [(f"JSON, adaptive batching, {w} process(es)", w, "/detect", 1, args.concurrency),
+                      (f"compact, adaptive batching, {w} process(es)", w, "/detect_raw", 1, args.concurrency),
+                      (f"compact, {args.per_request} frames/request, adaptive batching, {w} process(es)", w,
+                       "/detect_raw", args.per_request, args.multi_concurrency)]
         results: dict[str, Load] = {}
-        for lat_ms in args.latencies:
-            env = {"CITYLOOP_MAX_BATCH_SIZE": str(args.max_batch), "CITYLOOP_MAX_LATENCY_MS": str(lat_ms),
-                   "CITYLOOP_ORT_THREADS": "1", "CITYLOOP_MAX_INFLIGHT": "1000"}
-            srv = start_server(tmp, free_port(), model_dir=mv.path, extra_env=env,
-                               log_path=tmp / f"serve-{lat_ms}.log")
+        for w in sorted({p[1] for p in plans}):
+            env = {"CITYLOOP_MAX_BATCH_SIZE": str(args.max_batch), "CITYLOOP_MAX_LATENCY_MS": str(args.latency),
+                   "CITYLOOP_ORT_THREADS": "1", "CITYLOOP_WORKERS": str(w), "CITYLOOP_MAX_INFLIGHT": "1000"}
+            srv = start_server(tmp, free_port(), model_dir=mv.path, extra_env=env, log_path=tmp / f"serve-{w}.log")
             try:
-                for endpoint in ("/detect", "/detect_unbatched"):
-                    if endpoint == "/detect_unbatched" and lat_ms != args.latencies[0]:
-                        continue  # max_latency_ms only matters to the batched endpoint
-                    log(f"{endpoint}, max_latency_ms {lat_ms}, concurrency {args.concurrency}, "
-                        f"{args.requests} requests")
-                    results[f"{endpoint}@{lat_ms}"] = asyncio.run(
-                        _load(srv.url, endpoint, bodies, args.concurrency, args.requests))
+                for label, workers, endpoint, per, conc in plans:
+                    if workers != w:
+                        continue
+                    log(f"{label}: {conc} concurrent clients, {args.requests // per} requests")
+                    load = one_by_one[endpoint] if per == 1 else multi
+                    results[label] = asyncio.run(_load(srv.url, endpoint, load, conc, args.requests // per, per))
             finally:
                 stop_server(srv)
-        base = results[f"/detect_unbatched@{args.latencies[0]}"]
-        for key, r in results.items():
-            endpoint, lat_ms = key.split("@")
-            label = ("adaptive batching" if endpoint == "/detect" else "no batching") + (
-                f", max_latency_ms {lat_ms}" if endpoint == "/detect" else "")
+        for (label, _, _, per, conc), r in zip(plans, (results[p[0]] for p in plans)):
             errs = ", ".join(f"{c}: {n}" for c, n in sorted(r.errors.items())) or "none"
-            rows += [Row(f"{label}: requests/s", r.rps, "req/s",
-                         f"1 image/request, {args.concurrency} concurrent; errors {errs}"),
-                     Row(f"{label}: p50 latency", r.p50, "ms", ""), Row(f"{label}: p99 latency", r.p99, "ms", "")]
-        best = max((k for k in results if k.startswith("/detect@")), key=lambda k: results[k].rps)
-        rows += [Row("adaptive / no batching, requests/s", results[best].rps / base.rps, "x",
-                     f"{best.split('@')[1]} ms budget vs unbatched, same concurrency"),
-                 Row("HTTP serving / in-process ORT throughput", results[best].img_s / ort_ips, "x",
-                     "adaptive batching; base64 JSON + HTTP + batching overhead, clients on the same cores"),
-                 Row("HTTP serving, no batching / in-process ORT", base.img_s / ort_ips, "x", "")]
+            rows += [Row(f"{label}: images/s", r.img_s, "img/s",
+                         f"{per} image(s)/request, {conc} concurrent clients; errors {errs}"),
+                     Row(f"{label}: p50 latency", r.p50, "ms", "per request"),
+                     Row(f"{label}: p99 latency", r.p99, "ms", "per request")]
+        base = results["JSON, no batching, 1 process(es)"]
+        best = max(results.values(), key=lambda r: r.img_s)
+        best_label = next(k for k, v in results.items() if v is best)
+        w_max = max(args.workers)
+        rows += [Row("JSON: adaptive batching / no batching (1 process)",
+                     results["JSON, adaptive batching, 1 process(es)"].img_s / base.img_s, "x",
+                     f"same route, same {args.concurrency} clients"),
+                 Row("compact vs JSON, adaptive batching (1 process)",
+                     results["compact, adaptive batching, 1 process(es)"].img_s
+                     / results["JSON, adaptive batching, 1 process(es)"].img_s, "x", "1 image/request"),
+                 Row(f"compact, adaptive batching, {w_max} processes / JSON no batching, 1 process",
+                     results[f"compact, adaptive batching, {w_max} process(es)"].img_s / base.img_s, "x",
+                     "1 image/request: what the levers buy together"),
+                 Row("HTTP serving (best) / in-process ORT, 2 threads", best.img_s / ort2_ips, "x",
+                     f"{best_label}; both sides on the same two cores (the clients too)"),
+                 Row("HTTP serving (best) / in-process ORT, 1 thread", best.img_s / ort_ips, "x", "")]
         log("one edge node streaming a frame folder")
         ws = tmp / "ws"
         shutil.copytree(args.root / "data" / "models", ws / "data" / "models", symlinks=True)
@@ -181,7 +218,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         rows += [Row("edge node: node process RSS", node_mib, "MiB", "streams, selection, outbox, uploader"),
                  Row("edge node: bento server RSS", server_mib, "MiB", "bentoml serve: CLI/arbiter + 1 worker"),
                  Row("edge node: total RSS", node_mib + server_mib, "MiB",
-                     f"streaming at {fps:.1f} fps, 1 request/frame")]
+                     f"streaming one camera at {fps:.0f} fps (defaults: serve.workers 1)")]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = mv.model_path.stat().st_size / 1024
@@ -197,7 +234,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--requests", type=int, default=600, help="requests per configuration (default 600)")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--latencies", type=int, nargs="+", default=[100, 1000], help="max_latency_ms values to compare")
+    p.add_argument("--latency", type=int, default=1000, help="max_latency_ms (100 gave 503s at 16 clients)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes to compare")
+    p.add_argument("--per-request", type=int, default=8, help="frames per multipart request (default 8)")
+    p.add_argument("--multi-concurrency", type=int, default=8, help="clients sending multipart requests")
     p.add_argument("--repeat", type=int, default=5, help="passes over the frames in-process")
     p.add_argument("--node-seconds", type=float, default=8.0, help="edge node streaming time before measuring")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")

@@ -535,12 +535,15 @@ class EdgeNode:
         lat = np.asarray(self.latency) if self.latency else None
         now = time.time()
         recent = [t for t in self.frame_times if t >= now - 10]
+        # frames/s over the last 10 s; when all the remembered frames fall inside them, over their own span
+        full = len(recent) == self.frame_times.maxlen
+        span = max(now - recent[0], 1e-3) if full else 10.0
         ob = outbox.stats() if outbox else {}
         port = self.server.port if self.server is not None else self.cfg.port
         return {"name": self.cfg.name, "pid": os.getpid(), "port": port, "node_port": self.cfg.port,
                 "url": f"http://127.0.0.1:{port}", "state": self.state, "model_version": self.version,
                 "bento": self.tag, "server_pid": self.server.pid if self.server else None,
-                "fps": round(len(recent) / 10, 2) if recent else 0.0,
+                "fps": round(len(recent) / span, 2) if recent else 0.0,
                 "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
                 "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
                 "frames": self.frames, "errors": self.errors, "selected": self.selected, "skipped": self.skipped,
