@@ -389,7 +389,7 @@ class EdgeNode:
                                started=prev.get("started"))
             if old is not None:
                 self.server, self.version, self.tag = old, prev.get("model_version"), prev.get("tag")
-                self.client = DetectorClient(old.url, os.environ.get(API_TOKEN_ENV))
+                self.client = DetectorClient(old.url, os.environ.get(API_TOKEN_ENV), keepalive=False)
                 self.state = "serving"
                 log.info("adopted the running server of %s on port %d", self.version, old.port)
         self._save_servers()
@@ -450,7 +450,7 @@ class EdgeNode:
             return
         old, old_client = self.server, self.client
         self.server, self.tag, self.version = launch.server, launch.tag, launch.version
-        self.client = DetectorClient(launch.server.url, os.environ.get(API_TOKEN_ENV))
+        self.client = DetectorClient(launch.server.url, os.environ.get(API_TOKEN_ENV), keepalive=False)
         self.failures.succeeded(launch.version)
         self.state, self._failed_requests = "serving", 0
         self._save_servers()
