@@ -46,10 +46,12 @@ class Load:
     errors: dict[int, int]
 
 
-async def _load(url: str, endpoint: str, bodies: list, concurrency: int, n: int, images: int = 1) -> Load:
+async def _load(url: str, endpoint: str, bodies: list, concurrency: int, n: int, images: int = 1,
+                fresh: bool = False) -> Load:
     """n requests from `concurrency` workers; requests/s, images/s, latency percentiles, error codes. Bodies
     are JSON objects ({"images": [...]}), raw frames, or (body, Content-Type) pairs (multipart/mixed), each
-    holding `images` images.
+    holding `images` images. `fresh`: a connection per request (as an edge node talks to a server of
+    several processes: a kept-alive connection stays with the process that accepted it).
 
     The load generator is aiohttp (BentoML's own dependency): it shares the two cores with the server,
     and costs about half of what httpx did per request, so more of them are left to the server."""
@@ -79,7 +81,7 @@ async def _load(url: str, endpoint: str, bodies: list, concurrency: int, n: int,
             else:
                 errors[status] = errors.get(status, 0) + 1
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=fresh)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await post(session, payloads[0])  # warm-up
         t0 = time.perf_counter()
@@ -183,13 +185,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
                         continue
                     log(f"{label}: {conc} concurrent clients, {args.requests // per} requests")
                     load = one_by_one[endpoint] if per == 1 else multi
-                    results[label] = asyncio.run(_load(srv.url, endpoint, load, conc, args.requests // per, per))
+                    results[label] = asyncio.run(_load(srv.url, endpoint, load, conc, args.requests // per, per,
+                                                       fresh=w > 1))
             finally:
                 stop_server(srv)
         for (label, _, _, per, conc), r in zip(plans, (results[p[0]] for p in plans)):
             errs = ", ".join(f"{c}: {n}" for c, n in sorted(r.errors.items())) or "none"
             rows += [Row(f"{label}: images/s", r.img_s, "img/s",
-                         f"{per} image(s)/request, {conc} concurrent clients; errors {errs}"),
+                         f"{per} image(s)/request, {conc} concurrent clients"
+                         f"{', a connection per request' if '2 process' in label else ''}; errors {errs}"),
                      Row(f"{label}: p50 latency", r.p50, "ms", "per request"),
                      Row(f"{label}: p99 latency", r.p99, "ms", "per request")]
         base = results["JSON, no batching, 1 process(es)"]

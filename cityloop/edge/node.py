@@ -119,7 +119,7 @@ class EdgeParams:
     ready_timeout_s: float = 120.0  # a new server's start-up, up to its readiness probe
     retry_base_s: float = 2.0  # backoff after a version failed to start (or its server died): doubles
     retry_max_s: float = 300.0  # ... up to this
-    inflight: int = 6  # requests in flight to the node's server at once: its adaptive batcher joins them
+    inflight: int = 8  # requests in flight to the node's server at once: its adaptive batcher joins them
     frames_per_request: int = 8  # frames of the node's cameras sent in one request
     min_score: float = 0.15  # boxes scored lower are not sent back (at or below select.low_conf_min and the
     # analysis tracker's min_score: neither looks lower)
@@ -164,7 +164,7 @@ class NodeConfig:
     sink: str | None = None
     serve_env: dict[str, str] = field(default_factory=dict)  # CITYLOOP_* settings for the service
     shadow: str | None = None  # a second registry version run in-process: disagreement selection
-    inflight: int = 6  # requests sent to the server before the first answer is awaited (it batches them)
+    inflight: int = 8  # requests sent to the server before the first answer is awaited (it batches them)
     frames_per_request: int = 8  # frames sent together in one request (the compact route's multipart body)
     min_score: float = 0.15  # the lowest score the node asks the server for (its selection and sink use no lower)
 
