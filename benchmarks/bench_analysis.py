@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     rows += ttd_rows(per_truth, "simulator boxes")
     rows += ttd_rows(per_model, version)
     note = (f"`{version}` from `{args.root}`; {n_e2e} frames: {2 * args.cameras} simulated field cameras "
-            f"(rain, night) × {args.seconds:.0f} s at {args.fps:g} fps; stream seconds")
+            f"(rain, night) × {args.seconds:.0f} s at {args.fps:g} fps; stream seconds; the edge node: "
+            f"{args.node_cameras} field cameras × {args.node_seconds:.0f} s")
     return rows, note
 
 
