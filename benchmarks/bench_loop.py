@@ -122,11 +122,13 @@ def run(tmp: Path, budget: int, edge: bool) -> list[Row]:
         rows.append(Row("one round, stages called directly", wd, "s", f"{nd} stage calls"))
         rows.append(Row("one round as the Prefect flow closed-loop", wp, "s", f"{np_} task runs"))
         rows.append(Row("Prefect / direct", wp / wd, "x", "wall time ratio (the stages' own times vary by seconds)"))
-        rows.append(Row("Prefect's share of the round", (wp - ip) / wp * 100, "%",
-                        f"wall {wp:.1f} s minus {ip:.1f} s inside the stage functions (the flow run's start "
-                        "included); direct: {:.1f} s outside of {:.1f} s".format(wd - id_, wd)))
+        rows.append(Row("time outside the stage functions: Prefect flow / direct", wp - ip, "s",
+                        f"direct {wd - id_:.1f} s (the runner's own bookkeeping); Prefect: the flow run's "
+                        "start, task runs, their states"))
+        rows.append(Row("Prefect's share of the round", ((wp - ip) - (wd - id_)) / wp * 100, "%",
+                        "(outside time with Prefect - without) / the Prefect round's wall time"))
         rows.append(Row("Prefect overhead per task run", ((wp - ip) - (wd - id_)) / max(1, np_) * 1000, "ms",
-                        "(time outside the stages with Prefect - without) / task runs"))
+                        "the same difference / task runs"))
         for stage in sorted(set(sd) | set(sp)):
             rows.append(Row(f"stage {stage}: direct / Prefect", sd.get(stage), "s",
                             f"Prefect {sp.get(stage, 0):.1f} s"))
