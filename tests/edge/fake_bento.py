@@ -43,6 +43,9 @@ def main() -> None:
             if self.path == "/detect_raw":  # one frame, or a multipart/mixed body of frames: one box each
                 kind = self.headers.get("Content-Type", "")
                 n = raw.count(b"--" + kind.split("boundary=")[1].encode() + b"\r\n") if "boundary=" in kind else 1
+                print(f"detect_raw frames {n}", flush=True)
+                if b"BROKEN" in raw:  # a broken camera image fails its whole request, as the real service does
+                    return self._send(400, {"error": "not a decodable JPEG/PNG image"})
                 return self._send(200, [{"model_version": version, "boxes": [[1.0, 2.0, 30.0, 40.0, 0.9, 0]],
                                          "width": 64, "height": 64} for _ in range(n)])
             body = json.loads(raw or b"{}")

@@ -95,9 +95,9 @@ def run_node(tmp_path: Path, frames: Path):
         SINK = Recorder()
         root = tmp_path / "ws"
         version = overrides.pop("version", "v1")
-        cfg = NodeConfig(root=root, name="n1", port=free_port(), streams=[f"cam={frames}"], loop=True,
-                         max_fps=100, sink="tests.edge.test_supervision:SINK", heartbeat_s=0.2,
-                         retry_base_s=1.0, retry_max_s=8.0, **overrides)
+        settings = {"streams": [f"cam={frames}"], "loop": True, "max_fps": 100, **overrides}
+        cfg = NodeConfig(root=root, name="n1", port=free_port(), sink="tests.edge.test_supervision:SINK",
+                         heartbeat_s=0.2, retry_base_s=1.0, retry_max_s=8.0, **settings)
         assign(root, "n1", version)
         node = FakeNode(cfg)
         t = threading.Thread(target=node.run, daemon=True)
@@ -111,6 +111,25 @@ def run_node(tmp_path: Path, frames: Path):
         node.stop.set()
         t.join(30)
         assert not t.is_alive(), "the node did not stop"
+
+
+def test_frames_of_several_cameras_share_a_request_and_a_broken_one_costs_only_itself(run_node, tmp_path):
+    """Without a frame-rate cap the node sends one frame of each camera per request; a request the server
+    refuses as bad input (one broken image among them) is retried frame by frame: every other frame still
+    reaches the sink, each camera's in order, and the broken one is the only error."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(other / f"g{i:03d}.png"), np.full((48, 48, 3), i * 10, np.uint8))
+    (other / "g005.png").write_bytes(b"BROKEN camera image")
+    node = run_node(streams=[f"cam={tmp_path / 'frames'}", f"cam2={other}"], loop=False, max_fps=0)
+    wait_for(lambda: node.streams_done, 20, "both streams to be done")
+    wait_for(lambda: len(SINK.calls) == 23, 10, "every good frame in the sink")
+    for cam, expected in (("cam", list(range(12))), ("cam2", [i for i in range(12) if i != 5])):
+        assert [i for c, i, _, _ in SINK.calls if c == cam] == expected
+    assert node.errors == 1 and node.last_error["status"] == 400
+    log = "".join(p.read_text() for p in node.cfg.dir.glob("fake-*.log"))
+    assert "detect_raw frames 2" in log  # the two cameras' frames went together
 
 
 def _status(node: EdgeNode) -> dict:
