@@ -67,7 +67,7 @@ class ServeSettings:
     max_batch_size: int = 32  # [CITYLOOP_MAX_BATCH_SIZE] images per adaptive batch
     max_latency_ms: int = 1000  # [CITYLOOP_MAX_LATENCY_MS] queueing + inference budget (503 beyond; 100 ms
     # gave 503s at 16 concurrent clients in benchmarks/bench_serving.py)
-    ort_threads: int = 1  # [CITYLOOP_ORT_THREADS] intra-op threads: one core per edge node
+    ort_threads: int = 1  # [CITYLOOP_ORT_THREADS] intra-op threads per server process (workers give the rest)
     ort_spinning: int = 0  # [CITYLOOP_ORT_SPINNING] 1: intra-op threads busy-wait (they take the event loop's CPU)
     workers: int = 1  # [CITYLOOP_WORKERS] server processes (each its own event loop, batcher and model): one per
     # core the node owns; one process's event loop and GIL cap it near 130 frames/s (benchmarks/bench_serving.py)

@@ -63,7 +63,7 @@ class ServeParams:
 
     max_batch_size: int = 32  # images per adaptive batch
     max_latency_ms: int = 1000  # queueing + inference budget before the dispatcher answers 503
-    ort_threads: int = 1  # onnxruntime intra-op threads: one core per edge node
+    ort_threads: int = 1  # onnxruntime intra-op threads per server process
     ort_spinning: int = 0  # 1: intra-op threads busy-wait between runs (they take the event loop's CPU)
     workers: int = 1  # server processes: one per core the node owns
     max_images: int = 64  # images per request

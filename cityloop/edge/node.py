@@ -616,10 +616,6 @@ class EdgeNode:
                                    "ts": time.time()}
                 log.warning("hard-example selection failed on %s frame %d: %s", frame.camera_id, frame.index, exc)
 
-    def process(self, frame: Frame, client: DetectorClient, outbox: Outbox, sink: SinkWorker) -> None:
-        """One frame, sent and finished before returning (no other frame in flight)."""
-        self.finish(self.request([frame], client), outbox, sink)
-
     def _request_failed(self, exc: Exception, status: int | None = None) -> None:
         self.errors += 1
         self._failed_requests += 1

@@ -73,7 +73,9 @@ class Selector:
         t = thumbnail(image)
         if t is None:
             return None
-        size = max(1, self.p.novelty_memory)
+        size = self.p.novelty_memory
+        if size <= 0:  # nothing remembered: every frame is new
+            return 1.0 if 1.0 >= self.p.novelty_min else None
         mem = self.memory.setdefault(camera_id, np.empty((size, t.size), np.float32))
         n = self.filled.get(camera_id, 0)
         seen = mem[: min(n, size)]  # one array operation over the remembered thumbnails (not a loop)
