@@ -115,8 +115,9 @@ def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.N
     for c in cams:
         argv += ["--stream", f"{c['camera_id']}={streams / c['camera_id'] / 'frames'}"]
     total = sum(len(frame_files(streams, c["camera_id"])) for c in cams)
-    proc = subprocess.Popen(argv, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=open(tmp / "node.log", "wb"),
-                            start_new_session=True)
+    with open(tmp / "node.log", "wb") as node_log:
+        proc = subprocess.Popen(argv, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=node_log,
+                                start_new_session=True)
     status = node_dir(ws, "bench") / "status.json"
     try:
         deadline, first, st = time.time() + 180, None, {}

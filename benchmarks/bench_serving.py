@@ -92,18 +92,16 @@ async def _load(url: str, endpoint: str, bodies: list, concurrency: int, n: int,
                 float(np.percentile(lat, 99)) if lat else 0.0, errors)
 
 
-def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int,
-               compact: bool = True) -> float:
-    """img/s of bytes -> decode -> preprocess -> onnxruntime -> boxes, in this process (the service's own
-    code: `detect_arrays` for the compact route, `detect`'s objects for the JSON one)."""
+def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, repeat: int) -> float:
+    """img/s of bytes -> decode -> preprocess -> onnxruntime -> box arrays, in this process (the compact
+    route's own code, `detect_arrays`)."""
     from cityloop.models.card import ModelCard
 
     det = OnnxDetector(model_dir / "model.onnx", ModelCard.load(model_dir / "card.json"), threads)
-    run = det.detect_arrays if compact else det.detect
-    run([decode_image(b) for b in frames[:batch]], batch)
+    det.detect_arrays([decode_image(b) for b in frames[:batch]], batch)
     t0 = time.perf_counter()
     for _ in range(repeat):
-        run([decode_image(b) for b in frames], batch)
+        det.detect_arrays([decode_image(b) for b in frames], batch)
     return repeat * len(frames) / (time.perf_counter() - t0)
 
 
@@ -166,9 +164,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
                  Row("in-process ORT (bytes → boxes), batch 32, 2 threads", ort2_ips, "img/s", "both cores")]
         multi = [multipart_frames(data[k: k + args.per_request]) for k in range(0, len(data), args.per_request)]
         one_by_one = {"/detect_unbatched": bodies, "/detect": bodies, "/detect_raw": data}
-        # (label, server processes, endpoint, bodies, images per request, concurrent clients)
-        plans = [(f"JSON, no batching, {w} process(es)", w, "/detect_unbatched", 1, args.concurrency)
-                 for w in (1,)]
+        # (label, server processes, endpoint, images per request, concurrent clients)
+        plans = [("JSON, no batching, 1 process(es)", 1, "/detect_unbatched", 1, args.concurrency)]
         for w in args.workers:
             plans += [(f"JSON, adaptive batching, {w} process(es)", w, "/detect", 1, args.concurrency),
                       (f"compact, adaptive batching, {w} process(es)", w, "/detect_raw", 1, args.concurrency),
@@ -189,11 +186,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
                                                        fresh=w > 1))
             finally:
                 stop_server(srv)
-        for (label, _, _, per, conc), r in zip(plans, (results[p[0]] for p in plans)):
+        for label, workers, _, per, conc in plans:
+            r = results[label]
             errs = ", ".join(f"{c}: {n}" for c, n in sorted(r.errors.items())) or "none"
             rows += [Row(f"{label}: images/s", r.img_s, "img/s",
                          f"{per} image(s)/request, {conc} concurrent clients"
-                         f"{', a connection per request' if '2 process' in label else ''}; errors {errs}"),
+                         f"{', a connection per request' if workers > 1 else ''}; errors {errs}"),
                      Row(f"{label}: p50 latency", r.p50, "ms", "per request"),
                      Row(f"{label}: p99 latency", r.p99, "ms", "per request")]
         base = results["JSON, no batching, 1 process(es)"]
