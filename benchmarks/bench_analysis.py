@@ -135,6 +135,9 @@ def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.N
         if first is None or not st.get("streams_done"):
             raise RuntimeError(f"the node did not get through its streams: {st}")
         sink = st["sink"]
+        if sink["delivered"] - first[1] < total / 2:  # the status is written once a second
+            raise RuntimeError(f"only {sink['delivered'] - first[1]} of {total} frames came after the node's first "
+                               "status: too few to time it (raise --node-cameras or --node-seconds)")
         return {"fps": (sink["delivered"] - first[1]) / (end - first[0]), "frames": st["frames"], "total": total,
                 "dropped": sink.get("dropped", 0), "failed": sink.get("failed", 0), "errors": st.get("errors", 0),
                 "cameras": len(cams), "latency_p50_ms": st.get("latency_p50_ms"), "selected": st.get("selected"),
