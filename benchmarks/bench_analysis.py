@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from benchkit import Row, command_line, finish, fmt, loadavg, log, machine_facts  # noqa: E402
+from benchkit import Row, command_line, edge_node, finish, fmt, loadavg, log, machine_facts  # noqa: E402
 
 from cityloop.analysis.params import AnalysisParams  # noqa: E402
 from cityloop.analysis.patrol import frame_files, load_detector, run_patrol  # noqa: E402
@@ -96,9 +96,7 @@ def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.N
     store) over every camera of `streams`, as fast as it can: frames/s delivered through the sink, from its
     first frame to the last, and what was dropped or failed on the way."""
     import shutil
-    import subprocess
 
-    from cityloop.bento.serving import free_port
     from cityloop.edge.node import node_dir, read_json
     from cityloop.models.store import ModelStore
 
@@ -109,17 +107,10 @@ def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.N
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     mv = ModelStore(ws, track=False).get(model)
     cams = read_cameras(streams)
-    env = {**os.environ, "CITYLOOP_ROOT": str(ws)}
-    argv = [str(Path(sys.executable).with_name("cityloop")), "edge", "start", "--name", "bench",
-            "--port", str(free_port()), "--model", mv.id, "--sink", "cityloop.analysis.sink:edge_sink"]
-    for c in cams:
-        argv += ["--stream", f"{c['camera_id']}={streams / c['camera_id'] / 'frames'}"]
     total = sum(len(frame_files(streams, c["camera_id"])) for c in cams)
-    with open(tmp / "node.log", "wb") as node_log:
-        proc = subprocess.Popen(argv, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=node_log,
-                                start_new_session=True)
+    specs = [f"{c['camera_id']}={streams / c['camera_id'] / 'frames'}" for c in cams]
     status = node_dir(ws, "bench") / "status.json"
-    try:
+    with edge_node(ws, mv.id, specs, "--sink", "cityloop.analysis.sink:edge_sink", log_path=tmp / "node.log") as proc:
         deadline, first, st = time.time() + 180, None, {}
         while time.time() < deadline:
             st = read_json(status) or {}
@@ -142,9 +133,6 @@ def node_rate(root: Path, model: str, streams: Path, tmp: Path, args: argparse.N
                 "dropped": sink.get("dropped", 0), "failed": sink.get("failed", 0), "errors": st.get("errors", 0),
                 "cameras": len(cams), "latency_p50_ms": st.get("latency_p50_ms"), "selected": st.get("selected"),
                 "inflight": params["edge"]["inflight"], "per_request": params["edge"]["frames_per_request"]}
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(60)
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:

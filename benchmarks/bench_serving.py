@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
+from benchkit import Row, command_line, edge_node, finish, loadavg, log, machine_facts  # noqa: E402
 
 from cityloop.bento.serving import free_port, multipart_frames, start_server, stop_server  # noqa: E402
 from cityloop.models.runtime import OnnxDetector, decode_image  # noqa: E402
@@ -121,12 +120,7 @@ def edge_node_memory(root: Path, model_id: str, frames_dir: Path, seconds: float
     """(node MiB, server MiB, fps) of a real `cityloop edge start` node streaming a frame folder."""
     from cityloop.edge.node import node_dir, read_json
 
-    cli = str(Path(sys.executable).with_name("cityloop"))
-    env = {**os.environ, "CITYLOOP_ROOT": str(root)}
-    proc = subprocess.Popen([cli, "edge", "start", "--name", "bench", "--port", str(free_port()), "--model", model_id,
-                             "--stream", f"bench-cam={frames_dir}", "--loop"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    with edge_node(root, model_id, [f"bench-cam={frames_dir}"], "--loop") as proc:
         deadline = time.time() + 120
         while time.time() < deadline and (read_json(node_dir(root, "bench") / "status.json") or {}).get(
                 "frames", 0) < 10:
@@ -136,9 +130,6 @@ def edge_node_memory(root: Path, model_id: str, frames_dir: Path, seconds: float
         node = tree_rss_mib(proc.pid)
         server = tree_rss_mib(st["server_pid"]) if st.get("server_pid") else 0.0
         return node - server if server and node > server else node, server, float(st.get("fps") or 0)
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:

@@ -7,8 +7,10 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,3 +120,25 @@ def finish(title: str, section: str, rows: list, facts: dict[str, str], cmd: str
     print_table(f"{title} ({seconds:.0f} s)", rows, fmt, facts)
     write_results(out, section, markdown(section, rows, facts, cmd, seconds, extra))
     log(f"wrote {out}")
+
+
+@contextmanager
+def edge_node(ws: Path, model: str, streams: list[str], *extra: str, log_path: Path | None = None
+              ) -> Iterator[subprocess.Popen]:
+    """A real `cityloop edge start --name bench` node in workspace `ws` serving `model` on `streams`
+    (`CAMERA=FOLDER` specs); stopped with SIGTERM (it stops its server) when the block ends."""
+    from cityloop.bento.serving import free_port
+
+    argv = [str(Path(sys.executable).with_name("cityloop")), "edge", "start", "--name", "bench",
+            "--port", str(free_port()), "--model", model, *extra]
+    for spec in streams:
+        argv += ["--stream", spec]
+    env = {**os.environ, "CITYLOOP_ROOT": str(ws)}
+    with open(log_path or os.devnull, "wb") as log_file:
+        proc = subprocess.Popen(argv, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=log_file,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(60)
