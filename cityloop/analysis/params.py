@@ -31,6 +31,7 @@ class AnalysisParams:
     db: str = "sqlite:///{root}/.cityloop/events/events.db"
     zones: dict[str, dict[str, Any]] = field(default_factory=dict)  # camera_id -> zone overrides
     match_tolerance_s: float = 2.0  # evaluation: slack around a ground-truth event's interval
+    timezone: str = "Asia/Shanghai"  # the district's clock (IANA name); a camera's cameras.json entry may override it
 
     def to_dict(self, with_scenarios: bool = False) -> dict[str, Any]:
         """The `analysis:` section's values as plain data; `with_scenarios`: also the scenarios' settings
