@@ -100,7 +100,7 @@ def camera_rows(store: EventStore, nodes: list[dict[str, Any]], as_of: float | N
     with store.engine.connect() as c:
         for r in c.execute(latest):
             cams[r.camera_id] = {"camera_id": r.camera_id, "district": r.district, "events": r.n,
-                                 "model_version": r.model_version, "last_event": iso(r.last),
+                                 "model_version": r.model_version, "last_event": _iso(r.last),
                                  "last_ts": round(r.last)}
     for n in nodes:
         for spec in n.get("streams", []):
@@ -123,6 +123,11 @@ def lineages(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.setdefault(name, []).append({"id": c["id"], "version": ver, "n": int(digits) if digits.isdigit() else 0,
                                          "stage": c.get("stage"), "mAP50": _round(c.get("mAP50"), 3)})
     return [{"name": k, "points": sorted(v, key=lambda p: p["n"])} for k, v in sorted(out.items())]
+
+
+def _iso(ts: float | None) -> str | None:
+    """ISO time to the second (the page shows no microseconds)."""
+    return None if ts is None else iso(round(ts))
 
 
 def _round(v: Any, digits: int) -> float | None:
@@ -274,7 +279,7 @@ def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: i
             "id": e.id, "scenario": e.scenario, "scenario_title": scen[e.scenario].title if e.scenario in scen
             else e.scenario, "camera_id": e.camera_id, "district": e.district, "model_version": e.model_version,
             "score": _round(e.score, 2), "start_local": local_time(e.start_ts, etz), "timezone": etz.key,
-            "start_ts_iso": iso(e.start_ts), "open": e.end_ts >= clock - open_s,
+            "start_ts_iso": _iso(e.start_ts), "open": e.end_ts >= clock - open_s,
             "snapshot": f"/snapshot/{e.id}" if e.snapshot else None,
             "review": {"verdict": review.get("verdict"), "by": review.get("by"),
                        "at": local_time(review.get("ts"), etz) if isinstance(review.get("ts"), (int, float))
@@ -285,8 +290,8 @@ def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: i
     med_alert = statistics.median(alert) if alert else None
     districts = sorted({c["district"] or "unassigned" for c in cameras})
     return {
-        "as_of": iso(clock), "as_of_local": local_time(clock, tz), "replay": replay, "timezone": tz.key,
-        "generated": iso(time.time()), "poll_s": POLL_S, "open_min": round(open_s / 60),
+        "as_of": _iso(clock), "as_of_local": local_time(clock, tz), "replay": replay, "timezone": tz.key,
+        "generated": _iso(time.time()), "poll_s": POLL_S, "open_min": round(open_s / 60),
         "events": alerts, "scenarios": scenarios, "cameras": cameras, "districts": districts,
         "nodes": [{k: v for k, v in n.items() if k != "streams"} for n in nodes],
         "accuracy": [{"id": c["id"], "stage": c.get("stage"), "mAP50": _round(c.get("mAP50"), 3)} for c in curve],

@@ -143,7 +143,7 @@ function drawScenarios(s) {
     el("div", { text: "4 weeks" }), el("div", { text: "daily, last 4 weeks" }));
   const rows = s.scenarios.map((r) => el("div", { class: "scen", "data-scenario": r.id },
     el("div", { class: "name" }, el("b", { text: r.title }),
-      el("small", { text: `${r.agency || "—"} · last ${r.last_event || "never"}` })),
+      el("small", { text: `${r.agency || "—"} · last ${r.last_event ? r.last_event.slice(5, 16) : "never"}` })),
     el("div", { class: "count", text: fmtInt(r.last_24h) }),
     el("div", { class: r.open ? "open" : "open none", text: fmtInt(r.open) }),
     spark(r.spark_24h, "h", `${r.title}: ${r.last_24h} events in the last 24 h`),
@@ -158,7 +158,7 @@ function drawAccuracy(s) {
   const lines = s.lineages.map((l) => ({ ...l, points: l.points.filter((p) => p.mAP50 !== null) }))
     .filter((l) => l.points.length);
   if (!lines.length) { box.replaceChildren(el("p", { class: "empty", text: "no evaluated model version yet" })); return; }
-  const W = 640, H = Math.max(200, box.clientHeight || 240), L = 44, R = 150, T = 12, B = 24;
+  const W = 640, H = Math.max(200, box.clientHeight || 240), L = 44, R = 24, T = 12, B = 24;
   const vals = lines.flatMap((l) => l.points.map((p) => p.mAP50));
   let lo = Math.min(...vals), hi = Math.max(...vals);
   const pad = Math.max(0.02, (hi - lo) * 0.15);
@@ -184,7 +184,7 @@ function drawAccuracy(s) {
       g.append(dot, sv("text", { class: "pt-label", x: x(p.n), y: y(p.mAP50) - 7, "text-anchor": "middle", text: fmt3(p.mAP50) }));
     }
     const last = l.points[l.points.length - 1];
-    g.append(sv("text", { class: "axis-label", x: W - R + 8, y: T + 14 + i * 16, fill: colour,
+    g.append(sv("text", { class: "legend-label", x: L + 10, y: T + 12 + i * 16, fill: colour,
       text: `${l.name} ${last.version}: ${fmt3(last.mAP50)}` }));
     svg.append(g);
   });
