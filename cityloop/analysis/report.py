@@ -220,6 +220,7 @@ def _chart_weeks(s: dict, week: str, prev_week: str, path: Path) -> None:
             ax.annotate(_trend(r["change_pct"]), (x, max(r["this_week"], r["previous_week"])), ha="center",
                         va="bottom", fontsize=8, color="#067d39" if r["change_pct"] < 0 else "#b42318")
     ax.set_xticks(list(xs), [textwrap.fill(r["title"], 14) for r in rows], fontsize=7)
+    ax.set_xlim(-0.7, max(len(rows), 4) - 0.3)  # an agency's one or two scenarios: bars, not walls
     ax.set_ylabel("events")
     ax.set_title("events per scenario: this week against the previous one")
     ax.legend(fontsize=8)
@@ -270,12 +271,19 @@ def _version(model_id: str) -> int | str:
     return int(tail[1:]) if tail[:1] == "v" and tail[1:].isdigit() else tail
 
 
-def _chart_accuracy(curve: list[dict], path: Path) -> bool:
-    """One line per lineage (registry id `name:vN`; the random arm's versions are another name)."""
+def lineages(curve: list[dict]) -> dict[str, list[tuple[int | str, float]]]:
+    """Evaluated versions grouped by lineage (registry id `name:vN`; the random arm's versions are
+    another name), so the active and random arms are two lines, not one joined zigzag."""
     lines: dict[str, list[tuple[int | str, float]]] = defaultdict(list)
     for c in curve:
         if c.get("mAP50") is not None:
             lines[c["id"].partition(":")[0]].append((_version(c["id"]), float(c["mAP50"])))
+    return dict(lines)
+
+
+def _chart_accuracy(curve: list[dict], path: Path) -> bool:
+    """One line per lineage."""
+    lines = lineages(curve)
     if not lines:
         return False
     fig, ax = plt.subplots(figsize=(6, 2.8), dpi=100)
@@ -320,7 +328,7 @@ def _cell(col: str, v: Any) -> str:
         text = " · ".join(str(x) for x in v)
     else:
         text = str(v)
-    return f"<td>{html.escape(text)}</td>"
+    return f'<td class="t">{html.escape(text)}</td>' if isinstance(v, str) else f"<td>{html.escape(text)}</td>"
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
@@ -333,7 +341,7 @@ def _table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
 
 CSS = """body{font-family:"DejaVu Sans",sans-serif;margin:24px;max-width:1000px;color:#1f2328}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f4f6;white-space:nowrap}td:first-child,th:first-child{text-align:left}
+th{background:#f3f4f6;white-space:nowrap}td:first-child,th:first-child,td.t{text-align:left}
 .down{color:#067d39;font-weight:bold}.up{color:#b42318;font-weight:bold}
 .headline{font-size:1.2em;background:#eef6ff;padding:8px 12px;border-left:4px solid #1f6feb;margin:8px 0}
 .charts img{max-width:100%}.hot{display:flex;flex-wrap:wrap;gap:12px}
@@ -352,7 +360,8 @@ def _hotspots_html(rows: list[dict]) -> str:
         img = (f'<img src="{html.escape(r["snapshot"])}" alt="{html.escape(r["title"])}">' if r.get("snapshot")
                else "<p><em>no snapshot</em></p>")
         figs.append(f"<figure>{img}<figcaption><b>{html.escape(r['title'])}</b><br>{html.escape(r['camera_id'])}"
-                    f" · {html.escape(r['district'])} · {r['events']} events</figcaption></figure>")
+                    f" · {html.escape(r['district'])} · {r['events']} event{'s' if r['events'] != 1 else ''}"
+                    "</figcaption></figure>")
     return f'<div class="hot">{"".join(figs)}</div>'
 
 

@@ -90,11 +90,17 @@ def report_weekly(
     week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W42 (default: the latest event's).")] = None,
     db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: params report.out).")] = None,
+    recipient: Annotated[list[str] | None, typer.Option(
+        help="Only this recipient's report, e.g. agency-traffic-police, district-futian (repeatable; the "
+             "whole district's is always written).")] = None,
+    no_pdf: Annotated[bool, typer.Option("--no-pdf", help="HTML only (no headless Chromium).")] = False,
+    deliver_: Annotated[bool, typer.Option("--deliver", help="Deliver to params report.sinks.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Counts, the change against the previous week, hotspots, model versions, the loop's figures: HTML + PNG."""
+    """One report per recipient (whole district, agencies, street offices): week on week, four weeks,
+    hotspots with snapshots, the precision of reviewed alerts; HTML + PDF, optionally delivered."""
     from cityloop.analysis.params import store_url
-    from cityloop.analysis.report import ReportParams, weekly_report
+    from cityloop.analysis.report import ReportParams, deliver, weekly_report
     from cityloop.analysis.store import EventStore
     from cityloop.core.settings import load_section
 
@@ -102,25 +108,38 @@ def report_weekly(
     cfg = load_section(root, "report", ReportParams)
     store = EventStore(store_url(root, db))
     try:
-        s = weekly_report(store, out or root / cfg.out, week, root, int(cfg.top_hotspots))
+        s = weekly_report(store, out or root / cfg.out, week, root, int(cfg.top_hotspots), recipients=cfg.recipients,
+                          only=recipient or None, pdf=cfg.pdf and not no_pdf, pdf_timeout_s=float(cfg.pdf_timeout_s))
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--week") from exc
+        hint = "--recipient" if "recipient" in str(exc) else "--week"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
     finally:
         store.dispose()
-    if json_out:  # the report's summary: per-scenario counts and change, hotspots, headline, files
+    if deliver_:
+        deliver(s, cfg.sinks, root)
+    failed = any(not d["ok"] for d in s.get("deliveries", []))  # exit 1 so a cron job notices; reports kept
+    if json_out:  # the whole district's summary; per recipient under "recipients"; "deliveries" with --deliver
         echo_json(s)
-        return
-    t = Table(title=f"events {s['week']} against {s['previous_week']}")
-    for c in ("scenario", "this week", "previous week", "change"):
-        t.add_column(c, justify="left" if c == "scenario" else "right")
-    for r in s["scenarios"]:
-        pct = r["change_pct"]
-        t.add_row(r["scenario"], str(r["this_week"]), str(r["previous_week"]),
-                  "—" if pct is None else f"{pct:+.1f}%")
+        raise typer.Exit(1 if failed else 0)
+    t = Table(title=f"weekly reports {s['week']} (against {s['previous_week']} and four weeks)")
+    for c in ("recipient", "events", "headline", "report"):
+        t.add_column(c, justify="right" if c == "events" else "left")
+    for slug, r in s["recipients"].items():
+        if recipient and r["kind"] != "whole" and slug not in recipient:
+            continue
+        t.add_row(f"{r['name']}\n[dim]{slug}", str(r["total"]), "\n".join(r["headline"][:2]) or "no large change",
+                  f"{r['html']}\n{r['pdf'] or '[yellow]no PDF'}")
     print_table(t, console)
     for h in s["headline"]:
         console.print(f"[bold]{h}")
-    console.print(f"report: {s['html']}")
+    for w in s.get("warnings", []):
+        err.print(f"[yellow]{w}")
+    for d in s.get("deliveries", []):
+        console.print(f"delivered to {d['sink']}: {len(d['files'])} files" if d["ok"]
+                      else f"[red]sink {d['sink']} failed (the reports are kept): {d['error']}")
+    console.print(f"reports: {s['index']}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @dashboard_app.command("serve")
