@@ -15,7 +15,7 @@ from cityloop.governance.repository import DataRepository
 from cityloop.governance.store import FrameStore
 from cityloop.labeling.convert import Box, coco_boxes, to_result
 from cityloop.labeling.project import LabelingProject, TaskRecord
-from cityloop.labeling.select import Candidate, select
+from cityloop.labeling.select import DISMISSED_ALERT, Candidate, select
 
 
 @dataclass
@@ -80,8 +80,10 @@ def push(project: LabelingProject, repo: DataRepository, detector, model_id: str
     images = [_decode(store.read(p)) for p in pool["path"]]
     dets = detector.detect(images) if images else []
     t_score = time.perf_counter()
-    cands = [Candidate(r.sha256, r.camera_id, r.condition, [d.score for d in ds])
-             for r, ds in zip(pool.itertuples(), dets)]
+    reasons = pool["reason"].fillna("").astype(str) if "reason" in pool.columns else pd.Series([""] * len(pool))
+    cands = [Candidate(r.sha256, r.camera_id, r.condition, [d.score for d in ds],
+                       first=DISMISSED_ALERT if why == DISMISSED_ALERT else None)
+             for r, ds, why in zip(pool.itertuples(), dets, reasons)]
     picks = select(cands, params.budget, params.strategy, params.random_share, params.max_camera_share, params.seed)
     row = {sha: i for i, sha in enumerate(pool["sha256"])}
     tasks, recs = [], []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 STRATEGIES = ("active", "random")
+DISMISSED_ALERT = "dismissed alert"  # a hard example's reason when people dismissed the alert it raised
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Candidate:
     condition: str
     scores: Sequence[float]  # detection scores above the model's threshold
     uncertainty: float = 0.0
+    first: str | None = None  # a reason that puts the frame in the batch before any selection (people's feedback)
 
 
 @dataclass
@@ -52,14 +54,23 @@ def uncertainty(scores: Sequence[float], k: int = 3) -> float:
 
 def select(cands: Sequence[Candidate], budget: int, strategy: str = "active", random_share: float = 0.2,
            max_camera_share: float = 0.25, seed: int = 0) -> list[Pick]:
-    """Choose up to `budget` frames. Deterministic for a seed."""
+    """Choose up to `budget` frames. Deterministic for a seed.
+
+    Frames marked `first` (an alert people dismissed) go in before either arm's selection, in both arms
+    alike: what the people acting on the alerts said is labeled whatever the selector would pick."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} not one of {', '.join(STRATEGIES)}")
     if budget < 0:
         raise ValueError("budget must be >= 0")
-    rng = np.random.default_rng(seed)
     for c in cands:
         c.uncertainty = uncertainty(c.scores)
+    firsts = sorted((c for c in cands if c.first), key=lambda c: c.sha256)[:budget]
+    if firsts:
+        taken = {c.sha256 for c in firsts}
+        rest = select([c for c in cands if c.sha256 not in taken], budget - len(firsts), strategy, random_share,
+                      max_camera_share, seed)
+        return [Pick(c.sha256, strategy, str(c.first), c.uncertainty, "feedback") for c in firsts] + rest
+    rng = np.random.default_rng(seed)
     budget = min(budget, len(cands))
     if strategy == "random":
         idx = rng.permutation(len(cands))[:budget]

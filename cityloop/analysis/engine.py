@@ -162,7 +162,9 @@ class Analyzer:
         self.dispatcher.retry_pending()
 
     def _snapshot(self, ev: Event, image: np.ndarray | bytes | None) -> str | None:
-        """The frame with the event's boxes drawn, as JPEG under the snapshots folder."""
+        """The frame with the event's boxes drawn, as JPEG under the snapshots folder; beside it the
+        clean frame (`<id>.frame.jpg`, `extra["frame"]`): a dismissed alert sends that one to labeling,
+        never a frame with boxes drawn into its pixels."""
         if self.snapshots is None or image is None:
             return None
         try:  # encoded bytes: the header is checked (format, limits.max_image_pixels) before decoding
@@ -170,9 +172,15 @@ class Analyzer:
         except ImageRefused as exc:
             log.warning("event %s: no snapshot, its frame was refused: %s", ev.id, exc)
             return None
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        frame = self.snapshots / f"{ev.id}.frame.jpg"
+        if isinstance(image, bytes) and image[:2] == b"\xff\xd8":
+            frame.write_bytes(image)  # the camera's own JPEG, not a second encoding of it
+        else:
+            cv2.imwrite(str(frame), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        ev.extra["frame"] = str(frame)
         for b in ev.boxes:
             cv2.rectangle(img, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 0, 255), 1)
-        self.snapshots.mkdir(parents=True, exist_ok=True)
         path = self.snapshots / f"{ev.id}.jpg"
         cv2.imwrite(str(path), img)
         return str(path)

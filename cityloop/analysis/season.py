@@ -10,6 +10,7 @@ helmetless riders scale with the true count; the per-week hits and false alarms 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -60,22 +61,29 @@ def four_weeks_from_store(store: EventStore, last_week: str, scenario: str = SCE
     return {"scenario": scenario, "weeks": weeks, "counts": counts, "change_pct": change_pct(counts[0], counts[-1])}
 
 
-def _played(store: EventStore, season: dict, stream: dict) -> bool:
-    """Whether this day's stream already raised events of this season in the store (a rerun skips it)."""
+def _day_events(store: EventStore, season: dict, stream: dict) -> int:
+    """How many events of this season's day `stream` the store holds."""
     day = datetime.fromisoformat(stream["date"]).replace(tzinfo=UTC)
-    return any((e.extra or {}).get("season") == season["id"] and e.extra.get("stream") == stream["folder"]
+    return sum((e.extra or {}).get("season") == season["id"] and e.extra.get("stream") == stream["folder"]
                for e in store.events(day.timestamp(), (day + timedelta(days=1)).timestamp()))
+
+
+def _ledger(season_dir: Path) -> dict:
+    path = Path(season_dir) / "played.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def play_season(root: Path, season_dir: Path, model: str, db_url: str, snapshots: Path | None = None,
                 params: AnalysisParams | None = None, noise: TruthNoise | None = None,
-                report_out: Path | None = None, top: int = 5, replay: bool = False,
+                report_out: Path | None = None, top: int = 5, replay: bool = False, pdf: bool = True,
                 advance: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Patrol every stream folder of a season with `model` (a registry id, or "truth" with `noise`)
     into the store at `db_url`, then write the weekly report of the season's last week.
 
-    Days whose events are already in the store (same season id) are skipped unless `replay`, so a
-    second demo on the same workspace does not count the season twice. `advance(n)`: n frames done.
+    A day already played into this store is skipped unless `replay`, so a second demo on the same
+    workspace does not count the season twice: `<season_dir>/played.json` records, per store and season,
+    each day's event count, and a day counts as played while the store still holds that many of its events.
+    `pdf`: also the reports' PDFs (headless Chromium). `advance(n)`: n frames done.
     Returns the measured and true weekly counts, both drops (helmetless riders, first week -> last),
     their gap in points, per-week hits and false alarms, and the report's headline and path."""
     from cityloop.analysis.params import analysis_params
@@ -88,14 +96,18 @@ def play_season(root: Path, season_dir: Path, model: str, db_url: str, snapshots
     names = registry().names
     quality = {w: Counter() for w in season["weeks"]}
     played, skipped = 0, 0
+    ledger = _ledger(season_dir)
+    done = ledger.setdefault(db_url, {}).setdefault(season["id"], {})
     try:
         for stream in season["streams"]:
-            if not replay and _played(store, season, stream):
+            if not replay and stream["folder"] in done and _day_events(store, season, stream) == done[stream["folder"]]:
                 skipped += 1
                 continue
             res = run_patrol(root, season_dir / stream["folder"], model, params, db_url, noise=noise,
                              snapshots=snapshots, advance=advance)
             played += 1
+            done[stream["folder"]] = len(res.events)
+            (season_dir / "played.json").write_text(json.dumps(ledger, indent=1))
             for ev in res.events:
                 store.update(ev["id"], extra={**(ev.get("extra") or {}), "season": season["id"],
                                               "stream": stream["folder"]})
@@ -105,7 +117,7 @@ def play_season(root: Path, season_dir: Path, model: str, db_url: str, snapshots
                                                                             "false_alarms", "duplicates")})
         measured = weekly_counts(season_events(store, season), season["weeks"], names)
         out = Path(report_out) if report_out else Path(root) / "reports" / "weekly"
-        report = weekly_report(store, out, season["weeks"][-1], Path(root), top)
+        report = weekly_report(store, out, season["weeks"][-1], Path(root), top, pdf=pdf)
     finally:
         store.dispose()
     row = next((r for r in report.get("four_weeks") or [] if r["scenario"] == SCENARIO), None)

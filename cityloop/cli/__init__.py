@@ -59,6 +59,10 @@ def _mount_analysis() -> None:
     app.command("patrol")(patrol)
     app.add_typer(report_app, name="report", help="Reports over the event store: weekly.")
     app.add_typer(dashboard_app, name="dashboard", help="The one-screen dashboard: live events, versions, accuracy.")
+    from cityloop.cli.alerts import alerts_app
+
+    app.add_typer(alerts_app, name="alerts", help="Alerts: list them, confirm or dismiss them (a dismissed one "
+                  "goes to the next labeling round).")
 
 
 _mount_analysis()

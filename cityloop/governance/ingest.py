@@ -173,6 +173,7 @@ def manifest_rows(sc: Scan, src: Path, source: str, ingest_id: str) -> pd.DataFr
     """Manifest rows (without path/split) for the good frames of a scan, first copy of each sha."""
     rows, seen = [], set()
     labeled = _labeled_files(sc.annotations)
+    has_reason = "reason" in sc.metadata.columns
     for p in sc.good:
         if p.sha256 in seen:
             continue
@@ -191,9 +192,11 @@ def manifest_rows(sc: Scan, src: Path, source: str, ingest_id: str) -> pd.DataFr
             "original_name": p.rel, "ingest_id": ingest_id, "labeled": p.rel in labeled,
             "ext": EXT[p.format],
         })
+        if has_reason:  # a hard example's why (DESIGN.md: low confidence, disagreement, dismissed alert...)
+            rows[-1]["reason"] = get("reason", "")
     cols = ["sha256", "width", "height", "format", "mode", "bytes", "brightness", "sharpness", "camera_id",
             "district", "timestamp", "condition", "conditions", "source", "original_name", "ingest_id", "labeled",
-            "ext"]
+            "ext", *(["reason"] if has_reason else [])]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -261,3 +261,44 @@ def test_chromium_shows_the_pre_annotations_on_the_labeling_page(labelstudio, lw
     result = (preds[tid][0] if isinstance(preds[tid][0], dict) else preds[tid][0].dict())["result"]
     assert any(r["value"]["rectanglelabels"][0] in text for r in result)
     print(json.dumps({"screenshot": str(out)}))
+
+
+def test_a_dismissed_alert_is_in_the_next_labeling_batch_with_its_reason(labelstudio, lws: ModelWorkspace,
+                                                                        tmp_path: Path):
+    """An officer dismisses an alert → its clean frame goes to the inbox → the hard-examples ingest pools it →
+    the next batch takes it before the selector's picks, even in the random arm, with reason `dismissed alert`."""
+    import base64
+    import hashlib
+
+    from cityloop.analysis.review import review_alert
+    from cityloop.analysis.store import Event, EventStore
+    from cityloop.edge.inbox import InboxStore, inbox_ingest
+    from cityloop.scenes.video import generate_video
+
+    clip = generate_video("field", 1, 1.0, 1.0, 4242, tmp_path / "clip")  # a frame no dataset holds yet
+    frame = next((tmp_path / "clip" / "cam00" / "frames").glob("*.jpg"))
+    store = EventStore(f"sqlite:///{tmp_path}/events.db")
+    t = 1_791_000_000.0  # 2026-10-03: the gate refuses frames from 1970 or the future
+    store.add(Event("ev-dismissed", "helmetless_rider", "cam00", t, t + 4, t + 1, model_version=lws.model_id,
+                    score=0.61, boxes=[[10, 10, 40, 60]], extra={"frame": str(frame), "frame_index": 0}), [])
+    others = sorted(lws.pool_src.glob("images/*.jpg"))[:8]  # the nodes' own hard examples beside it
+    for p in others:
+        data = p.read_bytes()
+        InboxStore(lws.root).put({"sha256": hashlib.sha256(data).hexdigest(), "image": base64.b64encode(data).decode(),
+                                  "camera_id": "cam-x", "model_version": lws.model_id, "reason": "low_confidence",
+                                  "score": 0.5, "ts": t, "frame_index": 1}, "node-a")
+    out = review_alert(store, lws.root, "ev-dismissed", "dismissed", by="officer-7")
+    store.dispose()
+    assert clip["frames"] == 1 and out["hard_example"]
+    pooled = inbox_ingest(lws.root, dataset="dismissed-pool")
+    manifest, _ = repo(lws).load(pooled.version.id)
+    assert dict(zip(manifest["sha256"], manifest["reason"]))[out["hard_example"]] == "dismissed alert"
+
+    proj = project(labelstudio, lws, "dismissed-first")
+    res = push(proj, repo(lws), detector(lws), lws.model_id, pooled.version.id,
+               PushParams(budget=3, strategy="random", honeypot_share=0.0))
+    recs = {r.sha256: r for r in proj.records().values()}
+    assert len(res.task_ids) == 3 and res.reasons.get("dismissed alert") == 1
+    assert recs[out["hard_example"]].reason == "dismissed alert"
+    task = proj.ls.tasks.get(id=recs[out["hard_example"]].task_id)
+    assert task.data["sha256"] == out["hard_example"]  # the frame itself is in Label Studio, to be labeled
