@@ -65,7 +65,7 @@ def test_weekly_report_shows_the_drop_in_helmetless_riding(two_weeks: Path, tmp_
                                  "--out", str(tmp_path / "weekly"), "--no-pdf", "--deliver"])
     assert r.exit_code == 0, r.output
     page = (tmp_path / "weekly" / WEEK / "whole-district" / "index.html").read_text()
-    row = page[page.index("<td>E-bike rider without helmet</td>"):].split("</tr>")[0]
+    row = page[page.index('<td class="t">E-bike rider without helmet</td>'):].split("</tr>")[0]
     assert 'class="down">▼' in row  # the drop is shown, in the "down" style
     pct = float(row.split("▼")[1].split("%")[0])
     assert pct >= 50.0
@@ -75,7 +75,7 @@ def test_weekly_report_shows_the_drop_in_helmetless_riding(two_weeks: Path, tmp_
         assert (tmp_path / "weekly" / WEEK / "whole-district" / png).read_bytes()[:4] == b"\x89PNG"
     assert "cityloop-detector:v1" in page  # model versions in use
     hot = page[page.index("<h2>Hotspots</h2>"):page.index("<h2>Per district</h2>")]
-    assert "<td>cam0" in hot  # the cameras with most events this week
+    assert '<td class="t">cam0' in hot  # the cameras with most events this week
     assert "Whole district" in r.output and "agency-traffic-police" in r.output  # the table of recipients
     index = (tmp_path / "weekly" / WEEK / "index.html").read_text()
     assert 'href="agency-traffic-police/index.html"' in index
