@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import statistics
 import threading
 import time
@@ -50,6 +51,7 @@ from cityloop.scenarios import registry
 
 POLL_S = 3  # the page asks for a new state this often
 ALERTS = 20  # latest alerts sent to the page (never every event)
+DISCOVERY_EVENTS = 500  # time to discovery: the median over this many latest events
 OPEN_S = 15 * 60  # an event that ended within this of the screen's clock is still "open" on the map
 DAY, HOUR = 86400.0, 3600.0
 WEEKS = 4
@@ -218,35 +220,43 @@ def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: i
     cameras = camera_rows(store, nodes, clock)
     scen = registry().scenarios
 
-    # all-time totals per scenario (up to the clock)
-    with store.engine.connect() as c:
-        totals = {r.scenario: (r.n, r.last) for r in c.execute(
-            sa.select(EVENTS.c.scenario, sa.func.count().label("n"), sa.func.max(EVENTS.c.start_ts).label("last"))
-            .where(EVENTS.c.start_ts <= clock).group_by(EVENTS.c.scenario))}
-        window = c.execute(sa.select(EVENTS.c.scenario, EVENTS.c.camera_id, EVENTS.c.start_ts, EVENTS.c.end_ts,
-                                     EVENTS.c.first_detected_ts, EVENTS.c.alerted_ts)
-                           .where(EVENTS.c.start_ts > clock - WEEKS * 7 * DAY, EVENTS.c.start_ts <= clock)).all()
-
     days = WEEKS * 7
     hourly: dict[str, list[int]] = {}
     daily: dict[str, list[int]] = {}
     open_by: dict[str, int] = {}
     cam_open: dict[str, int] = {}
     cam_day: dict[str, int] = {}
-    detect, alert = [], []
-    for sc, cam, start, end, first, alerted in window:
-        age = clock - start
-        d = daily.setdefault(sc, [0] * days)
-        d[days - 1 - int(age // DAY)] += 1
-        if age < DAY:
-            hourly.setdefault(sc, [0] * 24)[23 - int(age // HOUR)] += 1
-            cam_day[cam] = cam_day.get(cam, 0) + 1
-        if end >= clock - open_s:
-            open_by[sc] = open_by.get(sc, 0) + 1
-            cam_open[cam] = cam_open.get(cam, 0) + 1
-        detect.append(max(0.0, first - start))
-        if alerted is not None:
-            alert.append(max(0.0, alerted - start))
+    upto, ts = EVENTS.c.start_ts <= clock, EVENTS.c.start_ts
+    n = sa.func.count().label("n")
+    with store.engine.connect() as c:
+        # counted by the database, a few hundred rows back whatever the number of events: per scenario its
+        # daily bins of the last 4 weeks (bin -1: older), whose sums are its all-time total (up to the clock) ...
+        totals: dict[str, tuple[int, float | None]] = {}
+        b = sa.case((ts > clock - days * DAY, _floor(store, (clock - ts) / DAY)), else_=-1).label("b")
+        for r in c.execute(sa.select(EVENTS.c.scenario, b, n, sa.func.max(ts).label("last")).where(upto)
+                           .group_by(EVENTS.c.scenario, b)):
+            count, last = totals.get(r.scenario, (0, None))
+            totals[r.scenario] = (count + r.n, max(last or r.last, r.last))
+            if 0 <= r.b < days:
+                daily.setdefault(r.scenario, [0] * days)[days - 1 - int(r.b)] += r.n
+        # ... and its hourly bins of the last day
+        h = _floor(store, (clock - ts) / HOUR).label("b")
+        for r in c.execute(sa.select(EVENTS.c.scenario, h, n).where(ts > clock - DAY, upto)
+                           .group_by(EVENTS.c.scenario, h)):
+            if 0 <= r.b < 24:
+                hourly.setdefault(r.scenario, [0] * 24)[23 - int(r.b)] += r.n
+        for r in c.execute(sa.select(EVENTS.c.scenario, EVENTS.c.camera_id, n)
+                           .where(ts > clock - days * DAY, upto, EVENTS.c.end_ts >= clock - open_s)
+                           .group_by(EVENTS.c.scenario, EVENTS.c.camera_id)):
+            open_by[r.scenario] = open_by.get(r.scenario, 0) + r.n
+            cam_open[r.camera_id] = cam_open.get(r.camera_id, 0) + r.n
+        cam_day = {r.camera_id: r.n for r in c.execute(
+            sa.select(EVENTS.c.camera_id, n).where(ts > clock - DAY, upto).group_by(EVENTS.c.camera_id))}
+        # time to discovery over the latest DISCOVERY_EVENTS events of the last 4 weeks
+        recent = c.execute(sa.select(EVENTS.c.first_detected_ts - ts, EVENTS.c.alerted_ts - ts)
+                           .where(ts > clock - days * DAY, upto).order_by(ts.desc()).limit(DISCOVERY_EVENTS)).all()
+    detect = [max(0.0, d) for d, _ in recent if d is not None]
+    alert = [max(0.0, a) for _, a in recent if a is not None]
 
     scenarios = []
     for name, sc in scen.items():
@@ -302,6 +312,14 @@ def state(store: EventStore, root: Path, edge_root: Path | None = None, limit: i
         "totals": {"events": sum(n for n, _ in totals.values()), "open": sum(open_by.values()),
                    "last_24h": sum(s["last_24h"] for s in scenarios)},
     }
+
+
+def _floor(store: EventStore, expr: Any) -> Any:
+    """floor() of a non-negative SQL number: SQLite's CAST truncates (it may lack floor()); elsewhere
+    (PostgreSQL's CAST rounds) floor() itself."""
+    if store.engine.dialect.name == "sqlite":
+        return sa.cast(expr, sa.Integer)
+    return sa.cast(sa.func.floor(expr), sa.Integer)
 
 
 def parse_as_of(text: str | None) -> float | None:
@@ -363,6 +381,10 @@ class Dashboard:
         self.server = HttpServer(web_app(routes, LIMITS, {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
                                                           "Referrer-Policy": "no-referrer"}),
                                  "127.0.0.1", port, LIMITS, name="dashboard")
+        # uvicorn writes a reply's headers and body separately; without TCP_NODELAY (asyncio sets it only on
+        # sockets whose proto is IPPROTO_TCP, and create_server's is 0) Nagle holds the body until the client's
+        # delayed ACK: +40 ms on every keep-alive poll. Accepted sockets inherit it from the listener.
+        self.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self.server.port
 
     @property
