@@ -147,16 +147,19 @@ def dashboard_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8795,
     db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
 ) -> None:
-    """Serve the one-screen dashboard until Ctrl+C."""
+    """Serve the one-screen command center until Ctrl+C (GETs open; reviews need the write token)."""
+    import os
     import time
 
-    from cityloop.analysis.dashboard import Dashboard
+    from cityloop.analysis.dashboard import TOKEN_ENV, Dashboard
     from cityloop.analysis.params import store_url
     from cityloop.analysis.store import EventStore
 
     root = find_root()
     dash = Dashboard(EventStore(store_url(root, db)), root, port).start()
     console.print(f"dashboard at [bold]{dash.url}[/] (Ctrl+C stops it)")
+    where = f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else str(dash.token_path)
+    console.print(f"reviews (Confirm / Dismiss) need the write token in {where}; the page asks for it once")
     try:
         while True:
             time.sleep(1)
