@@ -41,7 +41,7 @@ def test_the_projects_params_yaml_passes_check(workspace: Path):
     assert [r["section"] for r in out["sections"]] == list(section_classes())
     assert all(r["ok"] and r["in_params"] and r["error"] is None for r in out["sections"])
     res = runner.invoke(app, ["params", "check"])  # the table
-    assert res.exit_code == 0 and "all 17 sections load" in res.output, res.output
+    assert res.exit_code == 0 and "all 18 sections load" in res.output, res.output
 
 
 @pytest.mark.parametrize(("section", "value", "named"), [

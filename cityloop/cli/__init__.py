@@ -54,9 +54,10 @@ _mount_serving()
 
 
 def _mount_analysis() -> None:
-    from cityloop.cli.analysis import dashboard_app, patrol, report_app
+    from cityloop.cli.analysis import dashboard_app, patrol, patrol_season, report_app
 
     app.command("patrol")(patrol)
+    app.command("patrol-season")(patrol_season)
     app.add_typer(report_app, name="report", help="Reports over the event store: weekly.")
     app.add_typer(dashboard_app, name="dashboard", help="The one-screen dashboard: live events, versions, accuracy.")
     from cityloop.cli.alerts import alerts_app
@@ -240,6 +241,42 @@ def scenes_generate(
         with bar(f"frames {domain}", frames) as advance:
             summary = generate_frames(domain, frames, seed, out, size, fmt, workers, progress=advance)
     console.print_json(json.dumps(summary))
+
+
+@scenes_app.command("season")
+def scenes_season(
+    out: Annotated[Path | None, typer.Option(help="Season folder (default: params season.out).")] = None,
+    weeks: Annotated[int | None, typer.Option(min=1, help="Weeks of days.")] = None,
+    cameras: Annotated[int | None, typer.Option(min=1, help="Fixed cameras of the district.")] = None,
+    clips_per_day: Annotated[int | None, typer.Option(min=1, help="Clips per camera and day.")] = None,
+    seconds: Annotated[float | None, typer.Option(min=1, help="Clip length.")] = None,
+    fps: Annotated[float | None, typer.Option(min=0.1, help="Frames per second.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same season.")] = None,
+    enforcement_week: Annotated[int | None, typer.Option(min=1, help="Week (1-based) enforcement starts.")] = None,
+    before: Annotated[float | None, typer.Option(min=0, max=1, help="Share of riders without helmet before.")] = None,
+    after: Annotated[float | None, typer.Option(min=0, max=1, help="... and after enforcement.")] = None,
+    ramp_days: Annotated[int | None, typer.Option(min=0, help="Days compliance takes to climb.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Rendering processes.")] = None,
+) -> None:
+    """Render weeks of a district's fixed field cameras (one stream folder per day), helmet compliance
+    rising after enforcement starts; season.json holds the true weekly event counts."""
+    from cityloop.scenes.season import SeasonParams, generate_season, season_kwargs
+
+    root = find_root()
+    p = load_section(root, "season", SeasonParams, weeks=weeks, cameras=cameras, clips_per_day=clips_per_day,
+                     seconds=seconds, fps=fps, seed=seed, enforcement_week=enforcement_week,
+                     p_no_helmet_before=before, p_no_helmet_after=after, ramp_days=ramp_days, workers=workers)
+    dest = out or root / p.out
+    clips = p.weeks * 7 * p.clips_per_day * p.cameras
+    with bar(f"season {p.weeks} weeks", clips) as advance:
+        try:
+            s = generate_season(dest, progress=advance, **season_kwargs(p))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    helmet = s["truth"]["helmetless_rider"]
+    console.print(f"{len(s['streams'])} days x {p.cameras} cameras, {s['frames']} frames in {s['render_s']} s "
+                  f"→ {dest}\ntrue helmetless riders per week {', '.join(map(str, helmet))} "
+                  f"({s['true_change_pct']}% first week → last). Play it: cityloop patrol-season --season {dest}")
 
 
 # ------------------------------------------------------------------------- data
@@ -542,6 +579,8 @@ def demo(
     label: Annotated[bool, typer.Option(help="Without the loop: one labeling batch in Label Studio instead.")] = True,
     stack: Annotated[bool, typer.Option(help="Run against the local stack (cityloop up), so the runs stay in its "
                                         "Prefect UI; off: a temporary Prefect server.")] = True,
+    season: Annotated[bool, typer.Option(help="End with four weeks of a district played through the platform "
+                                         "(params season:) and their weekly report.")] = True,
 ) -> None:
     """The main job on embedded defaults: simulate → gate → version, train → ONNX → registry → gate,
     then the closed loop (active arm beside the random control arm) until the field target."""
@@ -570,6 +609,8 @@ def demo(
         _demo_loop(root)
     elif label:
         _demo_labeling(root, out["model"])
+    if season:
+        _demo_season(root)
 
 
 def _demo_stack(root: Path) -> None:
@@ -611,6 +652,45 @@ def _demo_loop(root: Path) -> None:
                   f"Label Studio projects: {ls.url}/projects (login in .cityloop/labelstudio/credentials.env)\n"
                   f"Prefect runs: {prefect}\nStop Label Studio with: cityloop labelstudio down"
                   + (" (or all of the stack: cityloop down)" if api else ""))
+
+
+def _demo_season(root: Path) -> None:
+    """The seed's story: four weeks of a district in which helmet compliance rises once enforcement starts,
+    patrolled day by day with the production model (else the latest) into the workspace's event store; the
+    4-week report's headline is measured from the events the platform raised, printed beside the truth."""
+    import logging
+
+    from cityloop.analysis.params import store_url
+    from cityloop.analysis.report import ReportParams
+    from cityloop.analysis.season import play_season, season_model
+    from cityloop.cli.analysis import season_story, snapshots_dir
+    from cityloop.scenes.season import SeasonParams, generate_season, read_season, season_kwargs, season_matches
+
+    p = load_section(root, "season", SeasonParams)
+    folder, kwargs = root / p.out, season_kwargs(p)
+    if not season_matches(folder, **kwargs):
+        with bar(f"season: {p.weeks} weeks x {p.cameras} cameras", p.weeks * 7 * p.clips_per_day * p.cameras) as adv:
+            generate_season(folder, progress=adv, **kwargs)
+    s, model, url = read_season(folder), season_model(root), store_url(root)
+    cfg = load_section(root, "report", ReportParams)
+    alerts = logging.getLogger("cityloop.alerts")
+    level = alerts.level
+    alerts.setLevel(logging.ERROR)  # one ALERT line per event would bury the story
+    try:
+        with bar(f"season: patrol with {model}", s["frames"]) as adv:
+            res = play_season(root, folder, model, url, snapshots_dir(root, url), report_out=root / cfg.out,
+                              top=int(cfg.top_hotspots), pdf=cfg.pdf, advance=adv)
+    finally:
+        alerts.setLevel(level)
+    console.print(f"[bold]Four weeks of {len(s['cameras'])} cameras[/] ({', '.join(s['weeks'])}; enforcement from "
+                  f"week {s['params']['enforcement_week']}): report {res['report']}")
+    for h in [h for h in res["headline"] if "without helmet" in h] or res["headline"][:1]:
+        console.print(f"[bold]{h}")
+    console.print(season_story(res))
+    q = res["quality"].get(s["weeks"][-1]) or {}
+    if q:
+        console.print(f"  last week's helmetless alerts: {q.get('hits', 0)} true, {q.get('false_alarms', 0)} false "
+                      f"(helmeted riders misread: they do not fall with compliance)")
 
 
 def _demo_labeling(root: Path, model: str) -> None:

@@ -85,6 +85,62 @@ def patrol(
         console.print("no events.json in the streams: nothing to score against")
 
 
+def season_story(res: dict) -> str:
+    """The season's ending in one line: the drop the platform measured beside the simulator's truth."""
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}%"
+
+    return (f"helmetless riders {' → '.join(map(str, res['measured']['helmetless_rider']))} a week: measured drop "
+            f"{pct(res['measured_drop_pct'])} vs true drop {pct(res['true_drop_pct'])} in the simulator's event "
+            f"counts ({' → '.join(map(str, res['truth']['helmetless_rider']))}; gap "
+            f"{'—' if res['gap_points'] is None else res['gap_points']} points)")
+
+
+def patrol_season(
+    season: Annotated[Path | None, typer.Option(help="Season folder (cityloop scenes season; default: params "
+                                                     "season.out).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model version, or `truth` (default: the detector's production "
+                                                   "version, else its latest).")] = None,
+    db: Annotated[str | None, typer.Option(help="Event store URL (default: params analysis.db).")] = None,
+    replay: Annotated[bool, typer.Option(help="Patrol days already in the store again.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Patrol every day of a season into the event store, then the weekly report of its last week:
+    the 4-week trend measured from the events the platform raised, beside the simulator's truth."""
+    from cityloop.analysis.params import store_url
+    from cityloop.analysis.report import ReportParams
+    from cityloop.analysis.season import play_season, season_model
+    from cityloop.core.settings import load_section
+    from cityloop.scenes.season import SeasonParams, read_season
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    root = find_root()
+    folder = season or root / load_section(root, "season", SeasonParams).out
+    try:
+        s = read_season(folder)
+        model = model or season_model(root)
+        url = store_url(root, db)
+        with Progress(TextColumn("[bold]season"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as prog:
+            task = prog.add_task("frames", total=s["frames"])
+            cfg = load_section(root, "report", ReportParams)
+            res = play_season(root, folder, model, url, snapshots_dir(root, url), replay=replay,
+                              report_out=root / cfg.out, top=int(cfg.top_hotspots), pdf=cfg.pdf,
+                              advance=lambda n: prog.advance(task, n))
+    except (ValueError, KeyError) as exc:
+        err.print(f"[red]patrol-season: {exc}")
+        raise typer.Exit(1) from exc
+    if json_out:
+        echo_json(res)
+        return
+    console.print(f"{res['streams_played']} days patrolled with {model} "
+                  f"({res['streams_skipped']} already in the store)")
+    for h in res["headline"][:3]:
+        console.print(f"[bold]{h}")
+    console.print(season_story(res))
+    console.print(f"report: {res['report']}")
+
+
 @report_app.command("weekly")
 def report_weekly(
     week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W42 (default: the latest event's).")] = None,

@@ -50,12 +50,14 @@ def section_classes() -> dict[str, type]:
     from cityloop.models.params import TrainSection
     from cityloop.scenarios.settings import ScenariosSection
     from cityloop.scenes.params import GenerateParams
+    from cityloop.scenes.season import SeasonParams
     from cityloop.schedule.params import ScheduleParams
 
     return {"generate": GenerateParams, "ingest": IngestParams, "gate": GateParams, "train": TrainSection,
             "export": ExportParams, "registry": RegistryParams, "serve": ServeParams, "edge": EdgeParams,
             "release": ReleaseParams, "labeling": LabelingParams, "analysis": AnalysisParams,
-            "scenarios": ScenariosSection, "report": ReportParams, "schedule": ScheduleParams,
+            "scenarios": ScenariosSection, "report": ReportParams, "season": SeasonParams,
+            "schedule": ScheduleParams,
             "loop": LoopParams, "stack": StackParams, "limits": LimitsParams}
 
 

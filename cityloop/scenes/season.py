@@ -68,7 +68,6 @@ class SeasonParams:
     p_no_helmet_after: float = 0.05  # 0.4 -> 0.05 is an 87.5% drop: the seed's 88.2%
     ramp_days: int = 7  # compliance climbs over the enforcement week (0: overnight)
     workers: int = 2
-    report_weeks: int = 4  # the report's trend: the season's last `report_weeks` weeks
 
     @classmethod
     def from_dict(cls, d: dict | None) -> SeasonParams:
@@ -244,6 +243,17 @@ def read_season(season_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def season_matches(season_dir: Path, **kwargs) -> bool:
+    """Whether `season_dir` already holds the season generate_season(**kwargs) would render (same bytes:
+    the demo renders it once per workspace)."""
+    try:
+        have = read_season(season_dir)["params"]
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return False
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k not in ("workers", "progress")}
+    return all(have.get(k) == v for k, v in want.items())
+
+
 def season_kwargs(p: SeasonParams) -> dict:
     """generate_season's arguments from the `season:` section."""
     d = asdict(p)
@@ -253,5 +263,5 @@ def season_kwargs(p: SeasonParams) -> dict:
             "workers": d["workers"]}
 
 
-__all__ = ["SeasonParams", "generate_season", "read_season", "season_kwargs", "p_no_helmet_on", "change_pct",
-           "iso_week", "SEASON_START"]
+__all__ = ["SeasonParams", "generate_season", "read_season", "season_kwargs", "season_matches", "p_no_helmet_on",
+           "change_pct", "iso_week", "SEASON_START"]
