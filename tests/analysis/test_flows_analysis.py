@@ -48,6 +48,8 @@ def test_patrol_fans_out_then_the_weekly_report_runs(prefect_harness, clips, tmp
     rep = weekly_report_flow(root=str(tmp_path), db=db, out=str(tmp_path / "weekly"), return_state=True)
     assert rep.is_completed()
     assert Path(rep.result()["html"]).exists() and rep.result()["total"] > 0
+    delivered = rep.result()["deliveries"]  # params' default sink: a folder under the workspace
+    assert delivered[0]["ok"] and (tmp_path / "reports" / "outbox" / rep.result()["week"]).is_dir()
     dep = weekly_deployment(str(tmp_path))
     assert dep.schedules[0].schedule.cron == "0 7 * * 1"
 
