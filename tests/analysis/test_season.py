@@ -70,3 +70,30 @@ def test_events_carry_the_cameras_districts_and_days(played, tmp_path: Path):
     again = play_season(tmp_path, season_dir, "truth", db, None,
                         params=AnalysisParams(), noise=NOISE, report_out=tmp_path / "reports", pdf=False)
     assert again["streams_played"] == 0 and again["measured"] == res["measured"]
+
+
+def test_the_cli_renders_and_plays_a_season(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`cityloop scenes season` then `cityloop patrol-season` in a bare workspace (params.yaml only)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from cityloop.cli import app
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params["report"]["pdf"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("CITYLOOP_ROOT", str(tmp_path))
+    runner = CliRunner(env={"COLUMNS": "200"})
+    res = runner.invoke(app, ["scenes", "season", "--weeks", "1", "--cameras", "1", "--seconds", "6", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "true helmetless riders per week" in res.output
+    season = json.loads((tmp_path / ".cityloop" / "season" / "season.json").read_text())
+    assert len(season["streams"]) == 7 and season["params"]["weeks"] == 1
+    res = runner.invoke(app, ["patrol-season", "--model", "truth", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["streams_played"] == 7 and out["season"] == season["id"] and out["report"]
+    res = runner.invoke(app, ["patrol-season", "--season", str(tmp_path / "nowhere"), "--model", "truth"])
+    assert res.exit_code == 1 and "not a season folder" in res.output
