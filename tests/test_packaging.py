@@ -35,6 +35,8 @@ PACKAGE_DATA = [
     "cityloop/governance/suites/labels.json",
     "cityloop/labeling/server-constraints.txt",
     "cityloop/bento/bentofile.yaml",
+    "cityloop/analysis/static/command.js",
+    "cityloop/analysis/static/command.css",
 ]
 # Run inside the fresh venv (argv[1]: an empty directory outside the repository).
 PROBE = r"""

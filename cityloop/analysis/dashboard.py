@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import statistics
 import threading
 import time
@@ -381,10 +380,6 @@ class Dashboard:
         self.server = HttpServer(web_app(routes, LIMITS, {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
                                                           "Referrer-Policy": "no-referrer"}),
                                  "127.0.0.1", port, LIMITS, name="dashboard")
-        # uvicorn writes a reply's headers and body separately; without TCP_NODELAY (asyncio sets it only on
-        # sockets whose proto is IPPROTO_TCP, and create_server's is 0) Nagle holds the body until the client's
-        # delayed ACK: +40 ms on every keep-alive poll. Accepted sockets inherit it from the listener.
-        self.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self.server.port
 
     @property

@@ -243,6 +243,10 @@ class HttpServer:
         self.name = name
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family, backlog=128)
+        # uvicorn writes a reply's headers and body separately; without TCP_NODELAY (asyncio sets it only on
+        # sockets whose proto is IPPROTO_TCP, and create_server's is 0) Nagle holds the body until the client's
+        # delayed ACK: +40 ms on every keep-alive request. Accepted sockets inherit it from the listener.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         protocol = type("Http11", (_Http11,), {"header_s": limits.header_s})
         config = uvicorn.Config(app, http=protocol, lifespan="off", log_config=None, log_level="warning",
                                 access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive_s,
