@@ -135,7 +135,7 @@ def patrol_season(
         return
     console.print(f"{res['streams_played']} days patrolled with {model} "
                   f"({res['streams_skipped']} already in the store)")
-    for h in res["headline"][:3]:
+    for h in [h for h in res["headline"] if "without helmet" in h] or res["headline"][:1]:
         console.print(f"[bold]{h}")
     console.print(season_story(res))
     console.print(f"report: {res['report']}")
