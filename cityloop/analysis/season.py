@@ -102,6 +102,8 @@ def play_season(root: Path, season_dir: Path, model: str, db_url: str, snapshots
         for stream in season["streams"]:
             if not replay and stream["folder"] in done and _day_events(store, season, stream) == done[stream["folder"]]:
                 skipped += 1
+                if advance:  # the bar counts the season's frames, played now or before
+                    advance(season["frames"] // len(season["streams"]))
                 continue
             res = run_patrol(root, season_dir / stream["folder"], model, params, db_url, noise=noise,
                              snapshots=snapshots, advance=advance)
