@@ -34,11 +34,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cityloop.core.settings import from_section
-from cityloop.scenes.frames import EPOCH, HOURS, add_to_coco, coco_skeleton
-from cityloop.scenes.video import default_rates, derive_events, plan_clip, render_clip
+from cityloop.scenes.frames import EPOCH, HOURS
+from cityloop.scenes.video import default_rates, derive_events, plan_clip, render_clip, write_stream
 from cityloop.scenes.world import make_camera, sample_condition
 
 DOMAIN = "field"  # a season is the field: the real mix of districts, light and weather
@@ -107,36 +106,6 @@ def _season_clip_job(args: tuple) -> dict:
                         fmt)
     events = derive_events(cam, actors, truth, fps, start, cond.name)
     return {"camera": cam, "condition": cond, "start": start, "truth": truth, "events": events}
-
-
-def write_stream(out: Path, results: list[dict], fps: float, size: int, seed: int) -> list[dict]:
-    """A stream folder's shared files from its clips, as `generate_video` writes them; returns its events."""
-    coco, rows, events, cams = coco_skeleton(), [], [], []
-    for res in results:
-        cam, cond, start = res["camera"], res["condition"], res["start"]
-        cam_coco = coco_skeleton()
-        for fr in res["truth"]:
-            rel = f"{cam.camera_id}/frames/{fr['file']}"
-            ts = start + timedelta(seconds=fr["t"])
-            extra = {"camera_id": cam.camera_id, "frame_index": fr["index"], "timestamp": ts.isoformat()}
-            add_to_coco(coco, rel, size, fr["boxes"], extra)
-            add_to_coco(cam_coco, f"frames/{fr['file']}", size, fr["boxes"], extra)
-            rows.append({"file_name": rel, "camera_id": cam.camera_id, "district": cam.district,
-                         "timestamp": ts, "condition": cond.name, "conditions": cond.tags,
-                         "layout": cam.layout, "camera_height": cam.height, "jpeg_quality": cond.jpeg,
-                         "domain": DOMAIN, "seed": seed, "frame_index": fr["index"]})
-        (out / cam.camera_id / "annotations.coco.json").write_text(json.dumps(cam_coco))
-        for e in res["events"]:
-            events.append({"id": f"gt-{cam.camera_id}-{len(events):04d}", "camera_id": cam.camera_id, **e,
-                           "start_ts": (start + timedelta(seconds=e["start_s"])).isoformat(),
-                           "end_ts": (start + timedelta(seconds=e["end_s"])).isoformat()})
-        cams.append({**cam.to_dict(), "condition": cond.name, "conditions": cond.tags, "fps": fps,
-                     "start_ts": start.isoformat(), "frames": len(res["truth"])})
-    (out / "annotations.coco.json").write_text(json.dumps(coco))
-    pd.DataFrame(rows).to_parquet(out / "metadata.parquet", index=False)
-    (out / "cameras.json").write_text(json.dumps(cams, indent=1))
-    (out / "events.json").write_text(json.dumps(events, indent=1))
-    return events
 
 
 def true_weekly_counts(out: Path, streams: list[str], weeks: list[str]) -> dict[str, list[int]]:
@@ -209,7 +178,7 @@ def generate_season(out: Path, weeks: int = 4, cameras: int = 4, clips_per_day: 
             if progress:
                 progress(1)
             if len(per_folder) == cameras:
-                write_stream(out / next(it), per_folder, fps, size, seed)
+                write_stream(out / next(it), per_folder, fps, size, seed, DOMAIN)
                 per_folder = []
     finally:
         if pool:

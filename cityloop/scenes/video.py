@@ -236,43 +236,54 @@ def generate_video(domain: str, cameras: int, seconds: float, fps: float, seed: 
     rates = {**defaults, **(rates or {})}
     jobs = [(domain, seed, k, size, seconds, fps, fmt, str(out), rates, condition, hour, tuple(sites))
             for k in range(cameras)]
-    coco, rows, events, cams = coco_skeleton(), [], [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     results = pool.map(_clip_job, jobs) if pool else map(_clip_job, jobs)
+    done: list[dict] = []
     try:
         for res in results:
-            cam, cond, start = res["camera"], res["condition"], res["start"]
-            cam_coco = coco_skeleton()
-            for fr in res["truth"]:
-                rel = f"{cam.camera_id}/frames/{fr['file']}"
-                ts = start + timedelta(seconds=fr["t"])
-                extra = {"camera_id": cam.camera_id, "frame_index": fr["index"], "timestamp": ts.isoformat()}
-                add_to_coco(coco, rel, size, fr["boxes"], extra)
-                add_to_coco(cam_coco, f"frames/{fr['file']}", size, fr["boxes"], extra)
-                rows.append({"file_name": rel, "camera_id": cam.camera_id, "district": cam.district,
-                             "timestamp": ts, "condition": cond.name, "conditions": cond.tags,
-                             "layout": cam.layout, "camera_height": cam.height, "jpeg_quality": cond.jpeg,
-                             "domain": domain, "seed": seed, "frame_index": fr["index"]})
-            (out / cam.camera_id / "annotations.coco.json").write_text(json.dumps(cam_coco))
-            for e in res["events"]:
-                events.append({"id": f"gt-{cam.camera_id}-{len(events):04d}", "camera_id": cam.camera_id, **e,
-                               "start_ts": (start + timedelta(seconds=e["start_s"])).isoformat(),
-                               "end_ts": (start + timedelta(seconds=e["end_s"])).isoformat()})
-            cams.append({**cam.to_dict(), "condition": cond.name, "conditions": cond.tags, "fps": fps,
-                         "start_ts": start.isoformat(), "frames": len(res["truth"])})
+            done.append(res)
             if mp4:
-                write_mp4(out / cam.camera_id / "frames", out / f"{cam.camera_id}.mp4", fps)
+                write_mp4(out / res["camera"].camera_id / "frames", out / f"{res['camera'].camera_id}.mp4", fps)
             if progress:
                 progress(1)
     finally:
         if pool:
             pool.shutdown()
+    events = write_stream(out, done, fps, size, seed, domain)
+    frames = sum(len(r["truth"]) for r in done)
+    return {"cameras": cameras, "frames": frames, "events": pd.Series(
+        [e["scenario"] for e in events], dtype=str).value_counts().to_dict(), "out": str(out)}
+
+
+def write_stream(out: Path, results: list[dict], fps: float, size: int, seed: int, domain: str) -> list[dict]:
+    """A stream folder's shared files from its rendered clips (`_clip_job` results): the combined and
+    per-camera COCO, metadata.parquet, cameras.json and events.json (the truth); returns the events."""
+    coco, rows, events, cams = coco_skeleton(), [], [], []
+    for res in results:
+        cam, cond, start = res["camera"], res["condition"], res["start"]
+        cam_coco = coco_skeleton()
+        for fr in res["truth"]:
+            rel = f"{cam.camera_id}/frames/{fr['file']}"
+            ts = start + timedelta(seconds=fr["t"])
+            extra = {"camera_id": cam.camera_id, "frame_index": fr["index"], "timestamp": ts.isoformat()}
+            add_to_coco(coco, rel, size, fr["boxes"], extra)
+            add_to_coco(cam_coco, f"frames/{fr['file']}", size, fr["boxes"], extra)
+            rows.append({"file_name": rel, "camera_id": cam.camera_id, "district": cam.district,
+                         "timestamp": ts, "condition": cond.name, "conditions": cond.tags,
+                         "layout": cam.layout, "camera_height": cam.height, "jpeg_quality": cond.jpeg,
+                         "domain": domain, "seed": seed, "frame_index": fr["index"]})
+        (out / cam.camera_id / "annotations.coco.json").write_text(json.dumps(cam_coco))
+        for e in res["events"]:
+            events.append({"id": f"gt-{cam.camera_id}-{len(events):04d}", "camera_id": cam.camera_id, **e,
+                           "start_ts": (start + timedelta(seconds=e["start_s"])).isoformat(),
+                           "end_ts": (start + timedelta(seconds=e["end_s"])).isoformat()})
+        cams.append({**cam.to_dict(), "condition": cond.name, "conditions": cond.tags, "fps": fps,
+                     "start_ts": start.isoformat(), "frames": len(res["truth"])})
     (out / "annotations.coco.json").write_text(json.dumps(coco))
     pd.DataFrame(rows).to_parquet(out / "metadata.parquet", index=False)
     (out / "cameras.json").write_text(json.dumps(cams, indent=1))
     (out / "events.json").write_text(json.dumps(events, indent=1))
-    return {"cameras": cameras, "frames": len(rows), "events": pd.Series(
-        [e["scenario"] for e in events], dtype=str).value_counts().to_dict(), "out": str(out)}
+    return events
 
 
 def write_mp4(frames_dir: Path, path: Path, fps: float) -> None:
