@@ -52,7 +52,9 @@ PARAM_HELP: dict[str, dict[str, str]] = {
     "weekly-report": {"week": "ISO week, e.g. 2026-W48 (default: the latest event's week).",
                       "root": "workspace (default: the git top level of the working directory).",
                       "db": "event store URL (default: params analysis.db).",
-                      "out": "output folder (default: params report.out)."},
+                      "out": "output folder (default: params report.out).",
+                      "deliver_reports": "send every recipient's report to the sinks of params report.sinks "
+                                         "(a failed sink is reported, the reports are kept)."},
     "patrol": {"streams": "stream folder: cameras.json, <camera>/frames, events.json (cityloop scenes generate "
                           "--video writes one).",
                "model": "model version (cityloop-detector:latest, :production, :v3) or `truth` (the "
