@@ -1,7 +1,7 @@
 """Accuracy probe: how far the detector gets on field data with unlimited truth labels, no loop.
 
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
-        [--size 192] [--domain field|lab] [--precision auto|32|bf16]
+        [--size 192] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's
 seed) in memory, trains the plain Detector from scratch with the project's augmentation, targets,
@@ -74,12 +74,12 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
-        bench_frames: int, domain: str = "field") -> list[Row]:
+        bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3) -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
     from cityloop.models.components.detector import Detector, DetectorConfig
-    from cityloop.models.data import Augment, draw_targets
+    from cityloop.models.data import Augment, donor_crop, draw_targets
     from cityloop.models.module import detection_loss, ema_model, use_bf16
 
     torch.set_num_threads(threads)
@@ -92,7 +92,8 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
         lab_i, _, lab_coco = render(domain, bench_frames, 1000, size, threads)
         evals = {domain: (lab_i, lab_coco), **evals}
     log(f"rendered {frames} {domain} + {bench_frames} field frames of {size} px in {time.perf_counter() - t0:.0f} s")
-    aug, rng = Augment(), np.random.default_rng(0)
+    aug, rng = Augment(paste=paste), np.random.default_rng(0)
+    objects = [(i, k) for i, b in enumerate(tr_b) for k in range(len(b))]  # copy-paste donors
     model = Detector(DetectorConfig(width=width))
     bf16, fmt = use_bf16(precision), torch.channels_last  # oneDNN's convolutions run faster channels-last
     model = model.to(memory_format=fmt)
@@ -109,7 +110,10 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
         for s in range(steps):
             xs, ts = [], []
             for i in perm[s * bs : (s + 1) * bs]:
-                img, bx, lab = aug(tr_i[i], tr_b[i][:, :4].copy(), rng, tr_b[i][:, 4].astype(np.int64))
+                picks = rng.integers(0, len(objects), paste_n) if paste and objects else []
+                donors = [(donor_crop(tr_i[objects[j][0]], tr_b[objects[j][0]][objects[j][1]]),
+                           int(tr_b[objects[j][0]][objects[j][1], 4])) for j in picks]
+                img, bx, lab = aug(tr_i[i], tr_b[i][:, :4].copy(), rng, tr_b[i][:, 4].astype(np.int64), donors)
                 xs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255)
                 ts.append(draw_targets(bx, lab, len(CLASSES), (size, size), 4, 16.0))
             targets = {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else float32")
     p.add_argument("--domain", default="field", choices=["field", "lab"],
                    help="train on field frames (the ceiling) or lab frames (the launch model; scored on both)")
+    p.add_argument("--paste", type=float, default=0.0,
+                   help="probability of copy-paste augmentation (objects of other training frames)")
+    p.add_argument("--paste-n", type=int, default=3, help="objects pasted when it applies")
     p.add_argument("--bench-frames", type=int, default=400, help="field-bench-like frames scored (seed 1)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
         args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
-               args.size, args.precision, args.bench_frames, args.domain)
+               args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

@@ -42,11 +42,14 @@ class Augment:
     blur: float = 0.2
     jpeg: float = 0.3
     fog: float = 0.15
+    paste: float = 0.0  # probability of pasting objects of other frames (copy-paste; needs `donors`)
 
     def __call__(self, img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, donors: list[tuple[np.ndarray, int]] | None = None):
         """img (H, W, 3) uint8 RGB; boxes (N, 4) xyxy px. Returns new arrays: (img, boxes), or with
-        `labels` (N,) given, (img, boxes, labels): a zoom drops the boxes it pushes out of the frame."""
+        `labels` (N,) given, (img, boxes, labels): a zoom drops the boxes it pushes out of the frame.
+        `donors` (crops of other frames' objects with their class index) are pasted with probability
+        `paste`, before the photometric steps, so they get this frame's light, noise and JPEG."""
         h, w = img.shape[:2]
         keep = np.ones(len(boxes), bool)
         if rng.random() < self.flip:
@@ -55,6 +58,10 @@ class Augment:
             boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
         if labels is not None and rng.random() < self.zoom:
             img, boxes, keep = self._zoom(img, boxes, rng)
+        if labels is not None and donors and rng.random() < self.paste:
+            boxes, labels = boxes[keep], labels[keep]
+            img, boxes, labels = paste_objects(img, boxes, labels, donors, rng)
+            keep = np.ones(len(boxes), bool)
         f = img.astype(np.float32)
         if rng.random() < self.dark:
             f *= rng.uniform(0.2, 0.6)
@@ -96,6 +103,52 @@ class Augment:
         kept = np.maximum(0, c[:, 2] - c[:, 0]) * np.maximum(0, c[:, 3] - c[:, 1])
         keep = (kept >= 0.5 * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 4) & (c[:, 3] - c[:, 1] >= 4)
         return img, c, keep
+
+
+def donor_crop(img: np.ndarray, box: np.ndarray, margin: int = 2) -> np.ndarray:
+    """An object's pixels with a `margin` of its surroundings (uint8 RGB), for `paste_objects`."""
+    h, w = img.shape[:2]
+    x0, y0 = max(0, int(box[0]) - margin), max(0, int(box[1]) - margin)
+    x1, y1 = min(w, int(np.ceil(box[2])) + margin), min(h, int(np.ceil(box[3])) + margin)
+    return np.ascontiguousarray(img[y0:y1, x0:x1])
+
+
+def paste_objects(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, donors: list[tuple[np.ndarray, int]],
+                  rng: np.random.Generator, max_cover: float = 0.2, tries: int = 6
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copy-paste augmentation at the donors' own scale (no resizing: a frame's sizes stay a camera's).
+
+    Each crop goes where it hides at most `max_cover` of any box already there (the simulator's rule labels
+    an object while 20% or more of it shows) and is at most `max_cover` hidden by them; its light is scaled
+    to the spot it lands on (a day rider pasted into a night street is dimmed), and its box is the crop less
+    its margin. A crop with no such spot in `tries` draws is left out. Returns new (img, boxes, labels)."""
+    h, w = img.shape[:2]
+    img = np.array(img, copy=True)
+    out_b, out_l = [boxes.reshape(-1, 4)], [labels]
+    placed = boxes.reshape(-1, 4).copy()
+    for crop, lab in donors:
+        ch, cw = crop.shape[:2]
+        if ch < 6 or cw < 6 or ch >= h or cw >= w:
+            continue
+        for _ in range(tries):
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            nb = np.array([x0 + 2, y0 + 2, x0 + cw - 2, y0 + ch - 2], np.float32)
+            if len(placed):
+                iw = np.clip(np.minimum(placed[:, 2], nb[2]) - np.maximum(placed[:, 0], nb[0]), 0, None)
+                ih = np.clip(np.minimum(placed[:, 3], nb[3]) - np.maximum(placed[:, 1], nb[1]), 0, None)
+                inter = iw * ih
+                area = (placed[:, 2] - placed[:, 0]) * (placed[:, 3] - placed[:, 1])
+                new_area = (nb[2] - nb[0]) * (nb[3] - nb[1])
+                if (inter > max_cover * np.maximum(area, 1)).any() or inter.sum() > max_cover * new_area:
+                    continue
+            spot = img[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+            gain = np.clip((spot.mean() + 1) / (crop.mean() + 1), 0.3, 2.0)
+            img[y0 : y0 + ch, x0 : x0 + cw] = np.clip(crop.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            out_b.append(nb[None])
+            out_l.append(np.array([lab], labels.dtype))
+            placed = np.concatenate([placed, nb[None]])
+            break
+    return img, np.concatenate(out_b).astype(np.float32), np.concatenate(out_l)
 
 
 def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int], stride: int,

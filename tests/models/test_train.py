@@ -268,3 +268,32 @@ def test_zoom_moves_boxes_with_the_pixels_and_drops_what_leaves_the_frame():
     assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1 and abs(ys.min() - y0) <= 1 \
         and abs(ys.max() + 1 - y1) <= 1, "the box frames the object's pixels after the zoom"
     assert x1 - x0 > 30 * 1.25, "and it grew with the zoom"
+
+
+def test_pasted_objects_are_labeled_where_their_pixels_land_and_hide_no_object():
+    """Copy-paste: each pasted crop's box frames its pixels (the crop less its margin), its class comes
+    with it, no object already in the frame is hidden by more than the visibility rule allows, and its
+    light follows the spot it lands on."""
+    import numpy as np
+
+    from cityloop.models.data import Augment, donor_crop
+
+    frame = np.full((192, 192, 3), 40, np.uint8)  # a dark street
+    frame[60:140, 60:140] = 90  # one big object in the middle
+    boxes, labels = np.array([[60, 60, 140, 140]], np.float32), np.array([2])
+    donor = np.full((192, 192, 3), 160, np.uint8)  # a day frame
+    donor[50:80, 50:70] = 250
+    crop = donor_crop(donor, np.array([50, 50, 70, 80], np.float32))
+    assert crop.shape == (34, 24, 3), "the crop keeps a 2 px margin"
+    aug = Augment(flip=0, zoom=0, dark=0, tint=0, noise=0, blur=0, jpeg=0, fog=0, paste=1.0)
+    for seed in range(20):
+        out, b, lab = aug(frame, boxes, np.random.default_rng(seed), labels, [(crop, 5), (crop, 7)])
+        assert list(lab[:1]) == [2] and set(lab[1:]) <= {5, 7} and len(lab) == len(b)
+        assert np.array_equal(b[0], boxes[0]), "the frame's own box is untouched"
+        for x0, y0, x1, y1 in b[1:].astype(int):
+            inter = max(0, min(x1, 140) - max(x0, 60)) * max(0, min(y1, 140) - max(y0, 60))
+            assert inter <= 0.2 * 80 * 80
+            patch = out[y0:y1, x0:x1, 0].astype(int)
+            assert (x1 - x0, y1 - y0) == (20, 30) and patch.std() == 0, "the box is the object, no margin"
+            assert patch.mean() < 160, "a day object pasted into a dark frame is dimmed"
+    assert len(Augment(paste=0.0)(frame, boxes, np.random.default_rng(0), labels, [(crop, 5)])[1]) <= 1
