@@ -106,22 +106,26 @@ class Augment:
 
 
 def donor_crop(img: np.ndarray, box: np.ndarray, margin: int = 2) -> np.ndarray:
-    """An object's pixels with a `margin` of its surroundings (uint8 RGB), for `paste_objects`."""
+    """An object's pixels with a `margin` of its surroundings (uint8 RGB), for `paste_objects`; at the
+    frame's edge the margin repeats the edge's pixels, so the object is always `margin` px inside."""
     h, w = img.shape[:2]
-    x0, y0 = max(0, int(box[0]) - margin), max(0, int(box[1]) - margin)
-    x1, y1 = min(w, int(np.ceil(box[2])) + margin), min(h, int(np.ceil(box[3])) + margin)
-    return np.ascontiguousarray(img[y0:y1, x0:x1])
+    x0, y0, x1, y1 = int(box[0]) - margin, int(box[1]) - margin, int(np.ceil(box[2])) + margin, \
+        int(np.ceil(box[3])) + margin
+    crop = img[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+    return np.ascontiguousarray(np.pad(crop, pad, mode="edge"))
 
 
 def paste_objects(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, donors: list[tuple[np.ndarray, int]],
-                  rng: np.random.Generator, max_cover: float = 0.2, tries: int = 6
+                  rng: np.random.Generator, max_cover: float = 0.2, tries: int = 6, margin: int = 2
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Copy-paste augmentation at the donors' own scale (no resizing: a frame's sizes stay a camera's).
 
     Each crop goes where it hides at most `max_cover` of any box already there (the simulator's rule labels
     an object while 20% or more of it shows) and is at most `max_cover` hidden by them; its light is scaled
     to the spot it lands on (a day rider pasted into a night street is dimmed), and its box is the crop less
-    its margin. A crop with no such spot in `tries` draws is left out. Returns new (img, boxes, labels)."""
+    its `margin` (donor_crop's). A crop with no such spot in `tries` draws is left out.
+    Returns new (img, boxes, labels)."""
     h, w = img.shape[:2]
     img = np.array(img, copy=True)
     out_b, out_l = [boxes.reshape(-1, 4)], [labels]
@@ -132,7 +136,7 @@ def paste_objects(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, donors
             continue
         for _ in range(tries):
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            nb = np.array([x0 + 2, y0 + 2, x0 + cw - 2, y0 + ch - 2], np.float32)
+            nb = np.array([x0 + margin, y0 + margin, x0 + cw - margin, y0 + ch - margin], np.float32)
             if len(placed):
                 iw = np.clip(np.minimum(placed[:, 2], nb[2]) - np.maximum(placed[:, 0], nb[0]), 0, None)
                 ih = np.clip(np.minimum(placed[:, 3], nb[3]) - np.maximum(placed[:, 1], nb[1]), 0, None)

@@ -296,4 +296,6 @@ def test_pasted_objects_are_labeled_where_their_pixels_land_and_hide_no_object()
             patch = out[y0:y1, x0:x1, 0].astype(int)
             assert (x1 - x0, y1 - y0) == (20, 30) and patch.std() == 0, "the box is the object, no margin"
             assert patch.mean() < 160, "a day object pasted into a dark frame is dimmed"
-    assert len(Augment(paste=0.0)(frame, boxes, np.random.default_rng(0), labels, [(crop, 5)])[1]) <= 1
+    assert len(Augment(paste=0.0)(frame, boxes, np.random.default_rng(0), labels, [(crop, 5)])[1]) == 1
+    edge = donor_crop(donor, np.array([0, 0, 20, 30], np.float32))
+    assert edge.shape == (34, 24, 3), "an object at the frame's edge keeps its margin too (edge pixels)"
