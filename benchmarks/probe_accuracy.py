@@ -1,6 +1,7 @@
 """Accuracy probe: how far the detector gets on field data with unlimited truth labels, no loop.
 
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
+        [--mult 2,4,6,8] [--depth 0,0,0,0] [--giou 0]
         [--size 192] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's
@@ -74,7 +75,8 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
-        bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3) -> list[Row]:
+        bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3,
+        arch: dict | None = None, giou: float = 0.0) -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
@@ -94,7 +96,7 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
     log(f"rendered {frames} {domain} + {bench_frames} field frames of {size} px in {time.perf_counter() - t0:.0f} s")
     aug, rng = Augment(paste=paste), np.random.default_rng(0)
     objects = [(i, k) for i, b in enumerate(tr_b) for k in range(len(b))]  # copy-paste donors
-    model = Detector(DetectorConfig(width=width))
+    model = Detector(DetectorConfig(width=width, **(arch or {})))
     bf16, fmt = use_bf16(precision), torch.channels_last  # oneDNN's convolutions run faster channels-last
     model = model.to(memory_format=fmt)
     ema = ema_model(model)
@@ -119,7 +121,7 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
             targets = {k: torch.from_numpy(np.stack([t[k] for t in ts])) for k in ts[0]}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model.forward_raw(torch.stack(xs).contiguous(memory_format=fmt))
-            loss = detection_loss(tuple(o.float() for o in out), targets, model.cfg.cue_groups)["loss"]
+            loss = detection_loss(tuple(o.float() for o in out), targets, model.cfg.cue_groups, giou)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=2000, help="truth-labeled field frames to train on")
     p.add_argument("--epochs", default="10,20,30", help="evaluation marks; the schedule is the largest")
     p.add_argument("--width", type=int, default=16, help="detector width (params train.width)")
+    p.add_argument("--mult", default=None, help="channels of the /4,/8,/16,/32 stages in units of width (2,4,6,8)")
+    p.add_argument("--depth", default=None, help="residual blocks added to the /4,/8,/16,/32 stages (0,0,0,0)")
+    p.add_argument("--giou", type=float, default=0.0, help="weight of the GIoU box loss (0: L1 only)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="frame size in px (default: params generate.size)")
@@ -160,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         from cityloop.core.settings import load_params
 
         args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
+    arch = {k: tuple(int(x) for x in v.split(",")) for k, v in
+            (("stage_mult", args.mult), ("depth", args.depth)) if v}
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
-               args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n)
+               args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

@@ -66,12 +66,14 @@ def sample_frames(root: Path, version: str, n: int = 16, split: str | None = Non
     return [decode_image(store.read(p)) for p in rows["path"]]
 
 
-def load_detector(weights: Path, width: int):
-    """A plain Detector with the weights of a run or a registered version (torch imported lazily)."""
+def load_detector(weights: Path, params: dict):
+    """A plain Detector of a run's train params (width, stage_mult, depth; the defaults where a run
+    predates them) with the weights of that run or a registered version (torch imported lazily)."""
     from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.module import load_weights
 
-    model = Detector(DetectorConfig(width=width))
+    arch = {k: tuple(params[k]) for k in ("stage_mult", "depth") if k in params}
+    model = Detector(DetectorConfig(width=int(params.get("width", 16)), **arch))
     load_weights(model, weights)
     return model.eval()
 
@@ -127,7 +129,7 @@ def export_step(root: Path, run: dict, out_dir: Path, name: str | None = None) -
 
     card = build_card(Path(root), run["data"], run["parent"], run["params"])
     card = replace(card, name=name) if name else card
-    model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
+    model = load_detector(Path(run["weights"]), run["params"])
     path = export_onnx(model, card, Path(out_dir) / "model.onnx")
     card.save(Path(out_dir) / "card.json")
     return path, card
@@ -138,7 +140,7 @@ def parity_step(root: Path, run: dict, onnx_path: Path, card: ModelCard, n: int 
     """Same validation frames through torch and onnxruntime: raw outputs and decoded boxes agree."""
     from cityloop.models.export import check_parity
 
-    model = load_detector(Path(run["weights"]), run["params"].get("width", 16))
+    model = load_detector(Path(run["weights"]), run["params"])
     frames = sample_frames(Path(root), run["data"], n, split="val")
     return check_parity(model, Path(onnx_path), card, frames, tolerance).to_dict()
 

@@ -35,10 +35,30 @@ def cue_loss(cue: torch.Tensor, t: dict[str, torch.Tensor], groups: tuple) -> to
     return total / max(n, 1)
 
 
+def giou_loss(logwh: torch.Tensor, off: torch.Tensor, t: dict[str, torch.Tensor], cells: float = 4.0) -> torch.Tensor:
+    """1 - GIoU between each regression cell's predicted box and its object's box, per cell (B, h, w).
+
+    Both boxes are taken in cells, relative to the cell: centre = offset (cells), size = exp(log size)
+    x `cells` (wh_unit / stride: sizes are regressed in units of 16 px, offsets in cells of 4 px). A
+    centre one cell off costs a flat box (water, ~10 px tall) most of its overlap and a tall box
+    little, where the L1 on the offset charges both the same."""
+    pw, ph = torch.exp(logwh[:, 0].clamp(-6, 6)) * cells, torch.exp(logwh[:, 1].clamp(-6, 6)) * cells
+    tw, th = torch.exp(t["reg_wh"][:, 0]) * cells, torch.exp(t["reg_wh"][:, 1]) * cells
+    px, py, tx, ty = off[:, 0], off[:, 1], t["reg_off"][:, 0], t["reg_off"][:, 1]
+    ix = (torch.minimum(px + pw / 2, tx + tw / 2) - torch.maximum(px - pw / 2, tx - tw / 2)).clamp(min=0)
+    iy = (torch.minimum(py + ph / 2, ty + th / 2) - torch.maximum(py - ph / 2, ty - th / 2)).clamp(min=0)
+    inter = ix * iy
+    union = pw * ph + tw * th - inter + 1e-7
+    cx = torch.maximum(px + pw / 2, tx + tw / 2) - torch.minimum(px - pw / 2, tx - tw / 2)
+    cy = torch.maximum(py + ph / 2, ty + th / 2) - torch.minimum(py - ph / 2, ty - th / 2)
+    hull = cx * cy + 1e-7
+    return 1 - (inter / union - (hull - union) / hull)
+
+
 def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor],
-                   cue_groups: tuple = ()) -> dict[str, torch.Tensor]:
+                   cue_groups: tuple = (), giou: float = 0.0) -> dict[str, torch.Tensor]:
     """Heatmap focal loss + L1 on log box size and centre offset at each object's central cells + the cue loss
-    (outputs: Detector.forward_raw's; cue_groups: its config's)."""
+    (outputs: Detector.forward_raw's; cue_groups: its config's) + `giou` x the GIoU loss at the same cells."""
     heat, logwh, off = outputs[:3]
     n = t["mask"].sum().clamp(min=1.0)  # objects in the batch
     l_heat = focal_loss(heat, t["heat"])
@@ -46,23 +66,28 @@ def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor]
     l_wh = (torch.abs(logwh - t["reg_wh"]) * w).sum() / n
     l_off = (torch.abs(off - t["reg_off"]) * w).sum() / n
     l_cue = cue_loss(outputs[3], t, cue_groups) if cue_groups and len(outputs) > 3 else heat.new_zeros(())
-    return {"loss": l_heat + l_wh + l_off + l_cue, "heat": l_heat, "wh": l_wh, "off": l_off, "cue": l_cue}
+    l_iou = (giou_loss(logwh, off, t) * t["reg_w"]).sum() / n if giou else heat.new_zeros(())
+    return {"loss": l_heat + l_wh + l_off + l_cue + giou * l_iou, "heat": l_heat, "wh": l_wh, "off": l_off,
+            "cue": l_cue, "giou": l_iou}
 
 
 class DetectorModule(pl.LightningModule):
     """Trains a Detector; metric names read split/name (train/loss, val/loss)."""
 
-    def __init__(self, width: int = 16, lr: float = 3e-3, weight_decay: float = 1e-4, epochs: int = 10) -> None:
+    def __init__(self, width: int = 16, lr: float = 3e-3, weight_decay: float = 1e-4, epochs: int = 10,
+                 stage_mult: tuple[int, ...] = (2, 4, 6, 8), depth: tuple[int, ...] = (0, 0, 0, 0),
+                 giou: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = Detector(DetectorConfig(width=width)).to(memory_format=torch.channels_last)
+        cfg = DetectorConfig(width=width, stage_mult=tuple(stage_mult), depth=tuple(depth))
+        self.model = Detector(cfg).to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(o.float() for o in self.model.forward_raw(x.contiguous(memory_format=torch.channels_last)))
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, targets = batch
-        losses = detection_loss(self(x), targets, self.model.cfg.cue_groups)
+        losses = detection_loss(self(x), targets, self.model.cfg.cue_groups, self.hparams.giou)
         on_step = split == "train"
         for k, v in losses.items():
             self.log(f"{split}/{k}", v, prog_bar=k == "loss", on_step=on_step, on_epoch=True, batch_size=len(x))

@@ -69,7 +69,8 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     resumed = last.exists()
     dm = GovernedDataModule(root, data, holdout, replay, params.replay_ratio, params.batch_size,
                             params.num_workers, Augment(), params.max_train, params.seed, size=params.size)
-    module = DetectorModule(params.width, params.lr, params.weight_decay, params.epochs)
+    module = DetectorModule(params.width, params.lr, params.weight_decay, params.epochs, params.stage_mult,
+                            params.depth, params.giou)
     if parent_weights and not resumed:
         load_weights(module.model, parent_weights)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,

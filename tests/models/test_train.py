@@ -299,3 +299,52 @@ def test_pasted_objects_are_labeled_where_their_pixels_land_and_hide_no_object()
     assert len(Augment(paste=0.0)(frame, boxes, np.random.default_rng(0), labels, [(crop, 5)])[1]) == 1
     edge = donor_crop(donor, np.array([0, 0, 20, 30], np.float32))
     assert edge.shape == (34, 24, 3), "an object at the frame's edge keeps its margin too (edge pixels)"
+
+
+def test_giou_loss_is_zero_on_the_truth_and_weighs_a_flat_box_by_its_overlap():
+    """A flat box (water, 10 px tall) one cell off vertically loses most of its overlap; a tall box the
+    same cell off keeps most of it. The L1 offset loss charges both the same; the GIoU loss does not."""
+    import numpy as np
+
+    from cityloop.governance.schema import CLASSES
+    from cityloop.models.data import draw_targets
+    from cityloop.models.module import detection_loss, giou_loss
+
+    def loss_one_cell_down(box, cls):
+        t = draw_targets(np.array([box], np.float32), np.array([CLASSES.index(cls)]), len(CLASSES), (192, 192),
+                         4, 16.0)
+        t = {k: torch.from_numpy(v)[None] for k, v in t.items()}
+        exact = (giou_loss(t["reg_wh"], t["reg_off"], t) * t["reg_w"]).sum()
+        off = t["reg_off"].clone()
+        off[:, 1] += 1.0  # every cell's box one cell (4 px) too low
+        return float(exact), float((giou_loss(t["reg_wh"], off, t) * t["reg_w"]).sum()), t
+
+    exact, flat, t = loss_one_cell_down([40, 100, 120, 110], "water")
+    assert exact < 1e-5
+    _, tall, _ = loss_one_cell_down([100, 40, 140, 120], "person")
+    assert flat > 0.5 and tall < 0.1, (flat, tall)
+    outs = (torch.zeros(1, len(CLASSES), 48, 48), t["reg_wh"], t["reg_off"])
+    assert float(detection_loss(outs, t, (), giou=2.0)["giou"]) < 1e-5
+    assert float(detection_loss(outs, t, ())["giou"]) == 0.0, "off unless asked for"
+
+
+def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
+    """stage_mult and depth (train params) build the same network when a run's weights are loaded for
+    export and parity; a wrong shape is refused with the rule."""
+    from cityloop.models.lifecycle import load_detector
+
+    params = {"width": 8, "stage_mult": [2, 4, 8, 12], "depth": [0, 1, 1, 1]}
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(width=8, stage_mult=(2, 4, 8, 12), depth=(0, 1, 1, 1))).eval()
+    assert sum(p.numel() for p in model.parameters()) > 2 * sum(
+        p.numel() for p in Detector(DetectorConfig(width=8)).parameters())
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    loaded = load_detector(tmp_path / "weights.pt", params)
+    x = torch.rand(2, 3, 192, 192)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b) for a, b in zip(model(x), loaded(x)))
+    with pytest.raises(RuntimeError):  # the defaults' network cannot take these weights
+        load_detector(tmp_path / "weights.pt", {"width": 8})
+    with pytest.raises(ValueError, match="depth takes 4 whole numbers"):
+        DetectorConfig(depth=(1, 1))
+    assert TrainParams.from_dict({"depth": [0, 1, 1, 1]}).depth == [0, 1, 1, 1]
