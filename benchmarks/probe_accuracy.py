@@ -1,8 +1,9 @@
 """Accuracy probe: how far the detector gets on field data with unlimited truth labels, no loop.
 
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
-        [--mult 2,4,6,8] [--depth 0,0,0,0] [--giou 0]
+        [--mult 2,4,6,8] [--depth 0,0,0,0] [--neck 0] [--giou 0]
         [--size 192] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
+        [--save weights.pt]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's
 seed) in memory, trains the plain Detector from scratch with the project's augmentation, targets,
@@ -76,7 +77,7 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
         bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3,
-        arch: dict | None = None, giou: float = 0.0) -> list[Row]:
+        arch: dict | None = None, giou: float = 0.0, save: Path | None = None) -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
@@ -135,6 +136,10 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
                 rows.append(Row(f"{name} mAP@0.5 after {ep} of {epochs} epochs ({frames} truth-labeled {domain} "
                                 f"frames)", m, "", f"{time.perf_counter() - t0:.0f} s; min class "
                                 f"{min(per_class.values()):.2f}; {pcs}"))
+    if save is not None:  # the EMA weights, for error analysis (models.lifecycle.load_detector reads them)
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ema.module.state_dict(), save)
+        log(f"saved the EMA weights to {save}")
     return rows
 
 
@@ -145,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=16, help="detector width (params train.width)")
     p.add_argument("--mult", default=None, help="channels of the /4,/8,/16,/32 stages in units of width (2,4,6,8)")
     p.add_argument("--depth", default=None, help="residual blocks added to the /4,/8,/16,/32 stages (0,0,0,0)")
+    p.add_argument("--neck", type=int, default=0,
+                   help="channels of the FPN neck and head trunk in units of width (0: the /4 stage's)")
     p.add_argument("--giou", type=float, default=0.0, help="weight of the GIoU box loss (0: L1 only)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="probability of copy-paste augmentation (objects of other training frames)")
     p.add_argument("--paste-n", type=int, default=3, help="objects pasted when it applies")
     p.add_argument("--bench-frames", type=int, default=400, help="field-bench-like frames scored (seed 1)")
+    p.add_argument("--save", type=Path, default=None, help="also save the final EMA weights (a state_dict) here")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load = command_line(), loadavg()
@@ -167,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
     arch = {k: tuple(int(x) for x in v.split(",")) for k, v in
             (("stage_mult", args.mult), ("depth", args.depth)) if v}
+    if args.neck:
+        arch["neck"] = args.neck
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
-               args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou)
+               args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou,
+               args.save)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

@@ -67,13 +67,13 @@ def sample_frames(root: Path, version: str, n: int = 16, split: str | None = Non
 
 
 def load_detector(weights: Path, params: dict):
-    """A plain Detector of a run's train params (width, stage_mult, depth; the defaults where a run
+    """A plain Detector of a run's train params (width, stage_mult, depth, neck; the defaults where a run
     predates them) with the weights of that run or a registered version (torch imported lazily)."""
     from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.module import load_weights
 
     arch = {k: tuple(params[k]) for k in ("stage_mult", "depth") if k in params}
-    model = Detector(DetectorConfig(width=int(params.get("width", 16)), **arch))
+    model = Detector(DetectorConfig(width=int(params.get("width", 16)), neck=int(params.get("neck", 0)), **arch))
     load_weights(model, weights)
     return model.eval()
 

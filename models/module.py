@@ -76,10 +76,10 @@ class DetectorModule(pl.LightningModule):
 
     def __init__(self, width: int = 16, lr: float = 3e-3, weight_decay: float = 1e-4, epochs: int = 10,
                  stage_mult: tuple[int, ...] = (2, 4, 6, 8), depth: tuple[int, ...] = (0, 0, 0, 0),
-                 giou: float = 0.0) -> None:
+                 giou: float = 0.0, neck: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        cfg = DetectorConfig(width=width, stage_mult=tuple(stage_mult), depth=tuple(depth))
+        cfg = DetectorConfig(width=width, stage_mult=tuple(stage_mult), depth=tuple(depth), neck=neck)
         self.model = Detector(cfg).to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

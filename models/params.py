@@ -19,6 +19,7 @@ class TrainParams:
     width: int = 16
     stage_mult: list[int] = field(default_factory=lambda: [2, 4, 6, 8])  # /4../32 channels in units of width
     depth: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # residual blocks added per stage
+    neck: int = 0  # channels of the FPN neck and head trunk in units of width (0: the /4 stage's)
     giou: float = 0.0  # weight of the GIoU box loss beside the L1 on log size and offset
     size: int = 192  # detector input in px (square); frames of another size are resized to it
     precision: str = "auto"  # auto: bf16 autocast where the CPU runs bf16 natively (AVX512-BF16/AMX) | 32 | bf16

@@ -70,7 +70,7 @@ def train(root: Path, data: str, params: TrainParams, *, parent: str | None = No
     dm = GovernedDataModule(root, data, holdout, replay, params.replay_ratio, params.batch_size,
                             params.num_workers, Augment(), params.max_train, params.seed, size=params.size)
     module = DetectorModule(params.width, params.lr, params.weight_decay, params.epochs, params.stage_mult,
-                            params.depth, params.giou)
+                            params.depth, params.giou, params.neck)
     if parent_weights and not resumed:
         load_weights(module.model, parent_weights)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:02d}", save_last=True,

@@ -22,6 +22,7 @@ class DetectorConfig:
     wh_unit: float = 16.0  # box sizes are predicted as log(size / wh_unit)
     stage_mult: tuple[int, ...] = (2, 4, 6, 8)  # channels of the /4, /8, /16, /32 stages, in units of width
     depth: tuple[int, ...] = (0, 0, 0, 0)  # residual blocks added after each stage's strided block
+    neck: int = 0  # channels of the FPN neck and the head trunk in units of width; 0: the /4 stage's
     # Classes told apart by a cue at one point of their box (the registry's cue_groups: a rider's head):
     # ((class indices), (x, y) in the box). Each group is found as one class, on its first index's channel,
     # and its members are told apart by attribute logits read at the cue point.
@@ -35,6 +36,10 @@ class DetectorConfig:
                 raise ValueError(f"{name} takes 4 whole numbers, one for each of the /4, /8, /16 and /32 "
                                  f"stages ({'>= 1' if name == 'stage_mult' else '>= 0'}), got {list(v)}")
             setattr(self, name, tuple(int(x) for x in v))
+        if int(self.neck) != self.neck or self.neck < 0:
+            raise ValueError(f"neck takes a whole number >= 0 (channels in units of width; 0: the /4 stage's), "
+                             f"got {self.neck}")
+        self.neck = int(self.neck)
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -84,21 +89,23 @@ class Detector(nn.Module):
         w = cfg.width
         c4, c8, c16, c32 = (m * w for m in cfg.stage_mult)
         d4, d8, d16, d32 = cfg.depth
+        cn = cfg.neck * w or c4  # the neck's and head's channels
         self.stem = conv_bn(3, w, 2)  # /2
         self.s4 = Block(w, c4, 2, d4)  # /4
         self.s8 = Block(c4, c8, 2, d8)  # /8
         self.s16 = Block(c8, c16, 2, d16)  # /16
         self.s32 = Block(c16, c32, 2, d32)  # /32
-        self.lat8 = nn.Conv2d(c8, c4, 1)
-        self.lat16 = nn.Conv2d(c16, c4, 1)
-        self.lat32 = nn.Conv2d(c32, c4, 1)
-        self.fuse = conv_bn(c4, c4)
-        self.trunk = conv_bn(c4, c4)
-        self.heat = nn.Conv2d(c4, cfg.num_classes, 1)
-        self.wh = nn.Conv2d(c4, 2, 1)
-        self.off = nn.Conv2d(c4, 2, 1)
+        self.lat4 = nn.Conv2d(c4, cn, 1) if cn != c4 else nn.Identity()  # no weights at the default
+        self.lat8 = nn.Conv2d(c8, cn, 1)
+        self.lat16 = nn.Conv2d(c16, cn, 1)
+        self.lat32 = nn.Conv2d(c32, cn, 1)
+        self.fuse = conv_bn(cn, cn)
+        self.trunk = conv_bn(cn, cn)
+        self.heat = nn.Conv2d(cn, cfg.num_classes, 1)
+        self.wh = nn.Conv2d(cn, 2, 1)
+        self.off = nn.Conv2d(cn, 2, 1)
         n_cue = sum(len(ix) for ix, _ in cfg.cue_groups)
-        self.cue = nn.Conv2d(c4, n_cue, 1) if n_cue else None
+        self.cue = nn.Conv2d(cn, n_cue, 1) if n_cue else None
         nn.init.constant_(self.heat.bias, -math.log((1 - 0.1) / 0.1))  # prior p=0.1 (focal loss)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +119,7 @@ class Detector(nn.Module):
         up = nn.functional.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
         up = nn.functional.interpolate(self.lat16(f16) + up, size=f8.shape[-2:], mode="nearest")
         up = nn.functional.interpolate(self.lat8(f8) + up, size=f4.shape[-2:], mode="nearest")
-        return self.trunk(self.fuse(f4 + up))  # (B, 2w, H/4, W/4)
+        return self.trunk(self.fuse(self.lat4(f4) + up))  # (B, neck channels, H/4, W/4)
 
     def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Training view: heatmap logits, log box size (in wh_unit), cell offset, cue logits (B, n, h, w).

@@ -329,13 +329,14 @@ def test_giou_loss_is_zero_on_the_truth_and_weighs_a_flat_box_by_its_overlap():
 
 
 def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
-    """stage_mult and depth (train params) build the same network when a run's weights are loaded for
-    export and parity; a wrong shape is refused with the rule."""
+    """stage_mult, depth and neck (train params) build the same network when a run's weights are loaded
+    for export and parity; a wrong shape is refused with the rule."""
     from cityloop.models.lifecycle import load_detector
 
-    params = {"width": 8, "stage_mult": [2, 4, 8, 12], "depth": [0, 1, 1, 1]}
+    params = {"width": 8, "stage_mult": [2, 4, 8, 12], "depth": [0, 1, 1, 1], "neck": 4}
     torch.manual_seed(0)
-    model = Detector(DetectorConfig(width=8, stage_mult=(2, 4, 8, 12), depth=(0, 1, 1, 1))).eval()
+    model = Detector(DetectorConfig(width=8, stage_mult=(2, 4, 8, 12), depth=(0, 1, 1, 1), neck=4)).eval()
+    assert model.trunk[0].out_channels == 32 and model.heat.in_channels == 32  # the neck: 4 x width
     assert sum(p.numel() for p in model.parameters()) > 2 * sum(
         p.numel() for p in Detector(DetectorConfig(width=8)).parameters())
     torch.save(model.state_dict(), tmp_path / "weights.pt")
@@ -345,6 +346,10 @@ def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
         assert all(torch.allclose(a, b) for a, b in zip(model(x), loaded(x)))
     with pytest.raises(RuntimeError):  # the defaults' network cannot take these weights
         load_detector(tmp_path / "weights.pt", {"width": 8})
+    with pytest.raises(RuntimeError):  # nor one without the wider neck
+        load_detector(tmp_path / "weights.pt", {**params, "neck": 0})
+    with pytest.raises(ValueError, match="neck takes a whole number"):
+        DetectorConfig(neck=-1)
     with pytest.raises(ValueError, match="depth takes 4 whole numbers"):
         DetectorConfig(depth=(1, 1))
     assert TrainParams.from_dict({"depth": [0, 1, 1, 1]}).depth == [0, 1, 1, 1]
