@@ -52,12 +52,12 @@ def render(domain: str, n: int, seed: int, size: int, workers: int = 2
     return imgs, boxes, coco
 
 
-def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, dict[str, float]]:
+def predict(model, imgs: list[np.ndarray]) -> dict[int, list]:
+    """The model's decoded detections per COCO image id (1-based, in `imgs` order)."""
     import torch
 
     from cityloop.governance.schema import CLASSES
     from cityloop.models.card import OutputSpec
-    from cityloop.models.evaluate import evaluate
     from cityloop.models.runtime import Detection, decode_centernet
 
     was_training = model.training
@@ -71,7 +71,13 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
                 preds[s + b + 1] = [Detection(float(x0), float(y0), float(x1), float(y1), float(sc), int(lab),
                                               CLASSES[int(lab)]) for x0, y0, x1, y1, sc, lab in rows]
     model.train(was_training)
-    r = evaluate(coco, preds)
+    return preds
+
+
+def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, dict[str, float]]:
+    from cityloop.models.evaluate import evaluate
+
+    r = evaluate(coco, predict(model, imgs))
     return r["mAP50"], r["per_class"]
 
 

@@ -9,7 +9,7 @@ stages call the same step functions through `cityloop stage …`.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,9 @@ def sample_frames(root: Path, version: str, n: int = 16, split: str | None = Non
     return [decode_image(store.read(p)) for p in rows["path"]]
 
 
+ARCH_PARAMS = ("width", "stage_mult", "depth", "neck")  # train params that shape the network (and its weights)
+
+
 def load_detector(weights: Path, params: dict):
     """A plain Detector of a run's train params (width, stage_mult, depth, neck; the defaults where a run
     predates them) with the weights of that run or a registered version (torch imported lazily)."""
@@ -109,6 +112,13 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
     if parent:
         pv = ModelStore(Path(root), track=False).get(parent)
         weights = pv.path / "weights.pt"
+        # a warm start keeps the parent's network: its shape comes from the parent's card, not from today's
+        # params.yaml (a lineage started before a change of train.stage_mult/depth/neck/width goes on as it was)
+        # (a key the card lacks was the TrainParams default when the parent was trained)
+        born = pv.card.extra.get("train_params")
+        if born:
+            first = asdict(TrainParams.from_dict({k: born[k] for k in ARCH_PARAMS if k in born}))
+            params = {**params, **{k: first[k] for k in ARCH_PARAMS}}
         default_replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
     replay = default_replay if replay is None else tuple(versioning.resolve(Path(root), v).id for v in replay)
     holdout = load_section(Path(root), "ingest", IngestParams).holdout

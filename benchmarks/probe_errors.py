@@ -1,0 +1,151 @@
+"""Where the ceiling's accuracy goes: an error account of a probe's detector on field-bench-like frames.
+
+    .venv/bin/python benchmarks/probe_accuracy.py --mult 2,4,8,12 --depth 0,1,1,1 --neck 4 --save /tmp/w.pt
+    .venv/bin/python benchmarks/probe_errors.py /tmp/w.pt --mult 2,4,8,12 --depth 0,1,1,1 --neck 4 [--score 0.3]
+
+For the 400 field frames the probe scores (seed 1), it reports per class
+- AP at IoU 0.1, 0.3, 0.5 and 0.7 (pycocotools): how much of the gap to mAP@0.5 is placement;
+- each truth box's fate among the detections at `--score` or more: hit (same class, IoU >= 0.5), placed
+  (same class, IoU 0.1-0.5), wrong class (another class's detection at IoU >= 0.5) or missed, with the
+  median box height of each (small objects are where 192 px frames run out of pixels);
+- each such detection's: true, placed, wrong class or background;
+and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
+the helmet call, background), instead of guessing from mAP alone.
+Replaces the "## Detector errors" section of benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchkit import Row, command_line, finish, loadavg, log, machine_facts  # noqa: E402
+from probe_accuracy import predict, render  # noqa: E402
+
+SECTION = "## Detector errors"
+IOUS = (0.1, 0.3, 0.5, 0.7)
+FATES = ("hit", "placed", "wrong class", "missed")
+
+
+def ap_by_iou(coco: dict, results: list[dict]) -> dict[int, list[float]]:
+    """category id -> AP (101-point, up to 100 detections) at each of IOUS."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = coco
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.params.iouThrs = np.array(IOUS)
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"]  # (iou, recall, class, area, max dets)
+    out = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = prec[:, :, k, 0, -1]
+        out[cid] = [float(p[t][p[t] > -1].mean()) if (p[t] > -1).any() else 0.0 for t in range(len(IOUS))]
+    return out
+
+
+def account(coco: dict, results: list[dict], score: float) -> tuple[dict, dict, dict, Counter]:
+    """Each truth box's fate and each confident detection's, per class name; median heights; confusions."""
+    from pycocotools import mask
+
+    from cityloop.governance.schema import CATEGORY_IDS
+
+    name = {v: k for k, v in CATEGORY_IDS.items()}
+    by_img: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        if r["score"] >= score:
+            by_img[r["image_id"]].append(r)
+    truths: dict[int, list[dict]] = defaultdict(list)
+    for a in coco["annotations"]:
+        truths[a["image_id"]].append(a)
+    fate, heights, det_fate, confusions = defaultdict(Counter), defaultdict(lambda: defaultdict(list)), \
+        defaultdict(Counter), Counter()
+    for img in coco["images"]:
+        g, d = truths[img["id"]], by_img[img["id"]]
+        m = (np.asarray(mask.iou([x["bbox"] for x in d], [x["bbox"] for x in g], [0] * len(g)))
+             if g and d else np.zeros((len(d), len(g))))
+        for i, a in enumerate(g):
+            same = [m[j, i] for j, x in enumerate(d) if x["category_id"] == a["category_id"]]
+            other = [(m[j, i], x["category_id"]) for j, x in enumerate(d) if x["category_id"] != a["category_id"]]
+            best, (bo, oc) = max(same, default=0.0), max(other, default=(0.0, None))
+            f = "hit" if best >= 0.5 else "placed" if best >= 0.1 else "wrong class" if bo >= 0.5 else "missed"
+            if f == "wrong class":
+                confusions[(name[a["category_id"]], name[oc])] += 1
+            fate[name[a["category_id"]]][f] += 1
+            heights[name[a["category_id"]]][f].append(a["bbox"][3])
+        for j, x in enumerate(d):
+            same = [m[j, i] for i, a in enumerate(g) if a["category_id"] == x["category_id"]]
+            other = [m[j, i] for i, a in enumerate(g) if a["category_id"] != x["category_id"]]
+            best, bo = max(same, default=0.0), max(other, default=0.0)
+            det_fate[name[x["category_id"]]]["true" if best >= 0.5 else "placed" if best >= 0.1
+                                             else "wrong class" if bo >= 0.5 else "background"] += 1
+    return fate, heights, det_fate, confusions
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("weights", type=Path, help="a state_dict saved by probe_accuracy.py --save")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--mult", default="2,4,6,8")
+    p.add_argument("--depth", default="0,0,0,0")
+    p.add_argument("--neck", type=int, default=0)
+    p.add_argument("--score", type=float, default=0.3, help="the confidence a detection must reach to count")
+    p.add_argument("--frames", type=int, default=400, help="field-bench-like frames (seed 1, the probe's)")
+    p.add_argument("--size", type=int, default=192)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
+    args = p.parse_args(argv)
+    cmd, load, t0 = command_line(), loadavg(), time.perf_counter()
+    import torch
+
+    from cityloop.governance.schema import CATEGORY_IDS, CLASSES
+    from cityloop.models.evaluate import detections_to_coco
+    from cityloop.models.lifecycle import load_detector
+
+    torch.set_num_threads(2)
+    model = load_detector(args.weights, {"width": args.width, "neck": args.neck,
+                                         "stage_mult": [int(x) for x in args.mult.split(",")],
+                                         "depth": [int(x) for x in args.depth.split(",")]})
+    imgs, _, coco = render("field", args.frames, 1, args.size)
+    results = detections_to_coco(predict(model, imgs))
+    log(f"{len(results)} detections on {len(imgs)} frames")
+    aps = ap_by_iou(coco, results)
+    fate, heights, det_fate, confusions = account(coco, results, args.score)
+    rows = []
+    for c in CLASSES:
+        ap, f, n = aps.get(CATEGORY_IDS[c], [0.0] * 4), fate[c], sum(fate[c].values()) or 1
+        fates = ", ".join(f"{k} {f[k] / n:.2f} ({np.median(heights[c][k]) if heights[c][k] else 0:.0f} px)"
+                          for k in FATES)
+        dn = sum(det_fate[c].values()) or 1
+        dets = ", ".join(f"{k} {det_fate[c][k] / dn:.2f}" for k in ("true", "placed", "wrong class", "background"))
+        rows.append(Row(f"{c}: AP@0.5", ap[2], "", "AP@" + " / ".join(f"{t:g}" for t in IOUS) + " "
+                        + " / ".join(f"{a:.2f}" for a in ap) + f"; {n} truth boxes: {fates}; {dn} detections: "
+                        f"{dets}"))
+    means = [float(np.mean([aps[k][t] for k in aps])) for t in range(len(IOUS))]
+    rows.append(Row("all classes: mAP@0.5", means[2], "", "mAP@" + " / ".join(f"{t:g}" for t in IOUS) + " "
+                    + " / ".join(f"{a:.2f}" for a in means) + "; confusions (truth -> detected): "
+                    + ", ".join(f"{a} -> {b} {k}" for (a, b), k in confusions.most_common(6))))
+    from importlib.metadata import version
+
+    finish("Detector errors on field frames", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,
+           time.perf_counter() - t0, args.out,
+           extra=f"Truth boxes' fate among detections scoring >= {args.score} (median box height of each); "
+                 f"{args.frames} field frames of seed 1 (the probe's field-bench-like set), weights `{args.weights}`.")
+
+
+if __name__ == "__main__":
+    main()
