@@ -71,8 +71,7 @@ def load_model(weights: Path | None) -> Detector:
     if not any(k.startswith("stem.") for k in state):  # a LightningModule's "model." / "detector." prefix
         prefix = next(k.split("stem.")[0] for k in state if ".stem." in k)
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    cfg = DetectorConfig(num_classes=state["heat.weight"].shape[0], width=state["stem.0.weight"].shape[0])
-    model = Detector(cfg)
+    model = Detector(DetectorConfig.from_state_dict(state))
     model.load_state_dict(state)
     return model.eval()
 

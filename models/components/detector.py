@@ -41,6 +41,18 @@ class DetectorConfig:
                              f"got {self.neck}")
         self.neck = int(self.neck)
 
+    @classmethod
+    def from_state_dict(cls, state: dict) -> DetectorConfig:
+        """The config whose Detector takes `state` (a plain Detector's state_dict): width, stage channels,
+        residual blocks per stage, neck and class count read from the weights' shapes (benchmarks, tools)."""
+        w = int(state["stem.0.weight"].shape[0])
+        stages = ("s4", "s8", "s16", "s32")
+        mult = tuple(int(state[f"{s}.0.0.weight"].shape[0]) // w for s in stages)
+        depth = tuple(len({k.split(".")[1] for k in state if k.startswith(f"{s}.") and ".body." in k}) for s in stages)
+        cn = int(state["trunk.0.weight"].shape[0])
+        return cls(num_classes=int(state["heat.weight"].shape[0]), width=w, stage_mult=mult, depth=depth,
+                   neck=0 if cn == mult[0] * w else cn // w)
+
 
 def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),

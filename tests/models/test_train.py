@@ -337,6 +337,8 @@ def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
     torch.manual_seed(0)
     model = Detector(DetectorConfig(width=8, stage_mult=(2, 4, 8, 12), depth=(0, 1, 1, 1), neck=4)).eval()
     assert model.trunk[0].out_channels == 32 and model.heat.in_channels == 32  # the neck: 4 x width
+    for m in (model, Detector(DetectorConfig(width=8))):  # a saved state_dict tells its own shape (benchmarks)
+        assert DetectorConfig.from_state_dict(m.state_dict()) == m.cfg
     assert sum(p.numel() for p in model.parameters()) > 2 * sum(
         p.numel() for p in Detector(DetectorConfig(width=8)).parameters())
     torch.save(model.state_dict(), tmp_path / "weights.pt")
