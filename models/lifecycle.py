@@ -8,6 +8,7 @@ stages call the same step functions through `cityloop stage …`.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ def sample_frames(root: Path, version: str, n: int = 16, split: str | None = Non
     return [decode_image(store.read(p)) for p in rows["path"]]
 
 
+log = logging.getLogger(__name__)
 ARCH_PARAMS = ("width", "stage_mult", "depth", "neck")  # train params that shape the network (and its weights)
 
 
@@ -112,12 +114,16 @@ def train_step(root: Path, data: str, params: dict, parent: str | None = None, r
     if parent:
         pv = ModelStore(Path(root), track=False).get(parent)
         weights = pv.path / "weights.pt"
-        # a warm start keeps the parent's network: its shape comes from the parent's card, not from today's
-        # params.yaml (a lineage started before a change of train.stage_mult/depth/neck/width goes on as it was)
-        # (a key the card lacks was the TrainParams default when the parent was trained)
+        # A warm start keeps the parent's network: its shape comes from the parent's card, not from today's
+        # params.yaml, so a lineage born before a change of train.width/stage_mult/depth/neck goes on as it
+        # was (a key the card lacks was the TrainParams default when the parent was trained).
         born = pv.card.extra.get("train_params")
         if born:
             first = asdict(TrainParams.from_dict({k: born[k] for k in ARCH_PARAMS if k in born}))
+            asked = asdict(TrainParams.from_dict(params))
+            if changed := [k for k in ARCH_PARAMS if asked[k] != first[k]]:
+                log.info("warm start from %s keeps its network: %s", parent,
+                         ", ".join(f"{k} {first[k]} (params ask {asked[k]})" for k in changed))
             params = {**params, **{k: first[k] for k in ARCH_PARAMS}}
         default_replay = (pv.card.dataset,) if pv.card.dataset and pv.card.dataset != data else ()
     replay = default_replay if replay is None else tuple(versioning.resolve(Path(root), v).id for v in replay)

@@ -357,7 +357,7 @@ def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
     assert TrainParams.from_dict({"depth": [0, 1, 1, 1]}).depth == [0, 1, 1, 1]
 
 
-def test_a_warm_start_keeps_its_parents_network_whatever_params_yaml_says_now(model_ws, tmp_path: Path):
+def test_a_warm_start_keeps_its_parents_network_whatever_params_yaml_says_now(model_ws, tmp_path: Path, caplog):
     """A lineage born before params.yaml's train.stage_mult/depth/neck changed goes on with its own network:
     the fine-tune takes the shape from the parent's card, so the parent's weights load and the run's
     weights build again from the run's params (export, parity)."""
@@ -370,7 +370,9 @@ def test_a_warm_start_keeps_its_parents_network_whatever_params_yaml_says_now(mo
     shutil.copytree(model_ws.root, root, symlinks=True)
     today = {**TINY_TRAIN, "width": 16, "stage_mult": [2, 4, 8, 12], "depth": [0, 1, 1, 1], "neck": 4,
              "epochs": 1, "limit_train_batches": 0.1}
-    run = train_step(root, "lab@v1", today, parent=model_ws.model_id, runs_dir=tmp_path / "runs")
+    with caplog.at_level("INFO", logger="cityloop.models.lifecycle"):
+        run = train_step(root, "lab@v1", today, parent=model_ws.model_id, runs_dir=tmp_path / "runs")
+    assert "keeps its network: width 8 (params ask 16)" in caplog.text  # said, not silent
     assert run["params"]["width"] == 8 and run["params"]["neck"] == 0
     assert run["params"]["stage_mult"] == [2, 4, 6, 8] and run["params"]["depth"] == [0, 0, 0, 0]
     model = load_detector(Path(run["weights"]), run["params"])
