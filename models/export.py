@@ -263,8 +263,12 @@ def check_parity(model: Detector, onnx_path: Path, card: ModelCard, images: list
     """Run RGB uint8 `images` through torch and onnxruntime and compare.
 
     Raw outputs: an output is within tolerance when |torch - onnx| <= tolerance * max(1, |torch|)
-    everywhere (absolute for logits/offsets, relative for large values such as box sizes in px);
-    max_abs_diff reports the plain absolute difference. Decoded detections (card.output): every
+    everywhere (absolute for offsets, relative for large values such as box sizes in px), except a
+    centernet heatmap, whose logits are compared as the scores the decoder reads: |sigmoid(torch) -
+    sigmoid(onnx)| <= tolerance. (Deep in the background a logit of -13 moves by 1e-3 between two
+    correct float32 runtimes, a score change of 2e-9: a deeper network failed the logit rule on that
+    alone, while a 1e-3 logit error where a score is 0.5 still fails.) max_abs_diff reports the plain
+    absolute difference of each output. Decoded detections (card.output): every
     detection has a counterpart of the same label with all coordinates within `box_tolerance` px,
     and paired scores are within `tolerance`. Detections that float noise alone can add, drop or
     move (a score at the threshold/top-k cut, a near-tied 3x3 peak on a flat heatmap) are not
@@ -274,6 +278,7 @@ def check_parity(model: Detector, onnx_path: Path, card: ModelCard, images: list
     if not images:
         raise ValueError("check_parity needs at least one image")
     names, spec = list(card.output.names), card.output
+    scores_from_logits = spec.format == "centernet"  # output 0: heatmap logits (card.OutputSpec)
     runner = OnnxDetector(Path(onnx_path), card)
     max_abs = dict.fromkeys(names, 0.0)
     max_excess = dict.fromkeys(names, 0.0)  # worst |diff| / max(1, |torch|)
@@ -282,14 +287,18 @@ def check_parity(model: Detector, onnx_path: Path, card: ModelCard, images: list
     for start in range(0, len(images), BATCH):
         batch = preprocess(images[start : start + BATCH], card.input)
         ref, got = torch_outputs(model, batch), runner.raw(batch)
-        for name, r, g in zip(names, ref, got):
+        for k, (name, r, g) in enumerate(zip(names, ref, got)):
             if r.shape != g.shape:
                 problems.append(f"{name}: shape {tuple(g.shape)} vs torch {tuple(r.shape)}")
                 max_abs[name] = float("inf")
                 continue
             diff = np.abs(r.astype(np.float64) - g)
             max_abs[name] = max(max_abs[name], float(diff.max(initial=0.0)))
-            max_excess[name] = max(max_excess[name], float((diff / np.maximum(1.0, np.abs(r))).max(initial=0.0)))
+            if k == 0 and scores_from_logits:
+                excess = np.abs(_sigmoid(r.astype(np.float64)) - _sigmoid(g.astype(np.float64)))
+            else:
+                excess = diff / np.maximum(1.0, np.abs(r))
+            max_excess[name] = max(max_excess[name], float(excess.max(initial=0.0)))
         if problems:
             break
         for i, (dr, dg) in enumerate(zip(decode_outputs(ref, spec), decode_outputs(got, spec))):
@@ -301,7 +310,9 @@ def check_parity(model: Detector, onnx_path: Path, card: ModelCard, images: list
                 problems.append(f"detections, frame {start + i}: {why}")
     for name in reversed(names):
         if max_excess[name] > tolerance and not any(p.startswith(f"{name}:") for p in problems):
-            problems.insert(0, f"{name}: max abs diff {max_abs[name]:.3g} > tolerance {tolerance:g}")
+            what = (f"max score diff {max_excess[name]:.3g} (logits {max_abs[name]:.3g})"
+                    if scores_from_logits and name == names[0] else f"max abs diff {max_abs[name]:.3g}")
+            problems.insert(0, f"{name}: {what} > tolerance {tolerance:g}")
     if score_diff > tolerance:
         problems.append(f"scores: max diff {score_diff:.3g} > tolerance {tolerance:g}")
     reason = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 6} more)" if len(problems) > 6 else "")

@@ -176,3 +176,32 @@ def test_int8(onnx_path: Path, card: ModelCard, images: list[np.ndarray], tmp_pa
         assert np.isfinite(a).all()
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9  # quantized, not broken
     assert all(len(d) == 20 for d in decode_outputs(q, card.output))
+
+
+class _HeatShift(torch.nn.Module):
+    """A Detector whose heatmap logits come out `shift` higher: the torch side of a runtime that differs."""
+
+    def __init__(self, model: Detector, shift: float) -> None:
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        heat, wh, off = self.model(x)
+        return heat + self.shift, wh, off
+
+
+def test_parity_reads_the_heatmap_as_the_scores_the_decoder_reads(model: Detector, onnx_path: Path,
+                                                                  card: ModelCard, images: list[np.ndarray],
+                                                                  tmp_path: Path) -> None:
+    """A logit error of 2e-3 where every score is ~1e-6 changes no score (a deeper network's float32
+    noise between two correct runtimes, which failed the release once); the same error where scores
+    are ~0.1 is a real difference and fails."""
+    dark = copy.deepcopy(model)
+    with torch.no_grad():
+        dark.heat.bias.sub_(12.0)  # every cell deep in the background
+    path = export_onnx(dark, card, tmp_path / "dark.onnx")
+    res = check_parity(_HeatShift(dark, 2e-3), path, card, images)
+    assert res.max_abs_diff["heatmap"] > 1.5e-3  # the logits differ past the old rule's 1e-4 x |logit| ...
+    assert res.passed, res.reason  # ... but not a score the decoder reads
+    res = check_parity(_HeatShift(model, 2e-3), onnx_path, card, images)
+    assert not res.passed and res.reason.startswith("heatmap: max score diff"), res.reason
