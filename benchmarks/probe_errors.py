@@ -1,7 +1,9 @@
 """Where the ceiling's accuracy goes: an error account of a probe's detector on field-bench-like frames.
 
     .venv/bin/python benchmarks/probe_accuracy.py --mult 2,4,8,12 --depth 0,1,1,1 --neck 4 --save /tmp/w.pt
-    .venv/bin/python benchmarks/probe_errors.py /tmp/w.pt --mult 2,4,8,12 --depth 0,1,1,1 --neck 4 [--score 0.3]
+    .venv/bin/python benchmarks/probe_errors.py /tmp/w.pt [--score 0.3]
+
+The network's shape is read from the weights (DetectorConfig.from_state_dict).
 
 For the 400 field frames the probe scores (seed 1), it reports per class
 - AP at IoU 0.1, 0.3, 0.5 and 0.7 (pycocotools): how much of the gap to mAP@0.5 is placement;
@@ -100,10 +102,6 @@ def account(coco: dict, results: list[dict], score: float) -> tuple[dict, dict, 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("weights", type=Path, help="a state_dict saved by probe_accuracy.py --save")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--mult", default="2,4,6,8")
-    p.add_argument("--depth", default="0,0,0,0")
-    p.add_argument("--neck", type=int, default=0)
     p.add_argument("--score", type=float, default=0.3, help="the confidence a detection must reach to count")
     p.add_argument("--frames", type=int, default=400, help="field-bench-like frames (seed 1, the probe's)")
     p.add_argument("--size", type=int, default=192)
@@ -113,13 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from cityloop.governance.schema import CATEGORY_IDS, CLASSES
+    from cityloop.models.components.detector import Detector, DetectorConfig
     from cityloop.models.evaluate import detections_to_coco
-    from cityloop.models.lifecycle import load_detector
 
     torch.set_num_threads(2)
-    model = load_detector(args.weights, {"width": args.width, "neck": args.neck,
-                                         "stage_mult": [int(x) for x in args.mult.split(",")],
-                                         "depth": [int(x) for x in args.depth.split(",")]})
+    state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    model = Detector(DetectorConfig.from_state_dict(state))
+    model.load_state_dict(state)
     imgs, _, coco = render("field", args.frames, 1, args.size)
     results = detections_to_coco(predict(model, imgs))
     log(f"{len(results)} detections on {len(imgs)} frames")
