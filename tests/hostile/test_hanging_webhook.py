@@ -1,10 +1,12 @@
 """A webhook receiver that accepts the connection and never answers does not slow the frame loop.
 
 Alerts leave the frame loop through the dispatcher's bounded queue and its background worker; the
-event is stored before any delivery, so a hung receiver costs neither frames nor events. Measured
-side by side in one run on the same clip, frame by frame: frames/s of the frame loop (truth boxes,
-like a detector's, through tracker → rules → events → snapshots) with no alert sink, and with a
-webhook to a receiver that hangs. The receiver is a real listening socket on 127.0.0.1 that accepts and never replies.
+event is stored before any delivery, so a hung receiver costs neither frames nor events. Run side by
+side on the same clip, frame by frame: the frame loop (truth boxes, like a detector's, through
+tracker → rules → events → snapshots) with no alert sink, and with a webhook to a receiver that hangs.
+The test asserts that no frame waits on the receiver (a send in the loop would hold a frame for the
+whole send timeout); the frames/s ratio is printed, not asserted, as speed belongs to benchmarks/.
+The receiver is a real listening socket on 127.0.0.1 that accepts and never replies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cityloop.scenes.video import generate_video
 from tests.analysis.conftest import BUSY, DETECTOR_NOISE
 
 SECRET = "test-secret-not-real"
+SEND_TIMEOUT_S = 30.0  # how long one send to the hung receiver waits
 
 
 class HangingReceiver:
@@ -77,10 +80,12 @@ def _analyzer(clip: Path, tmp: Path, sinks: list) -> Analyzer:
                     load_zones(cams), {c["camera_id"]: c for c in cams}, snapshots=tmp / "snapshots")
 
 
-def _interleaved(clip: Path, arms: dict[str, Analyzer]) -> dict[str, float]:
-    """frames/s of each arm's frame loop (tracker → rules → events → snapshots → alerts), the arms fed
-    the same frame one after the other, so the machine's load at any moment weighs on both alike."""
+def _interleaved(clip: Path, arms: dict[str, Analyzer]) -> tuple[dict[str, float], dict[str, float]]:
+    """frames/s of each arm's frame loop (tracker → rules → events → snapshots → alerts), and its slowest
+    single frame in seconds; the arms fed the same frame one after the other, so the machine's load at any
+    moment weighs on both alike."""
     spent = dict.fromkeys(arms, 0.0)
+    worst = dict.fromkeys(arms, 0.0)
     frames = 0
     for cam in read_cameras(clip):
         cid, fps, t0 = cam["camera_id"], float(cam["fps"]), unix(cam["start_ts"])
@@ -90,9 +95,11 @@ def _interleaved(clip: Path, arms: dict[str, Analyzer]) -> dict[str, float]:
             for name, analyzer in arms.items():
                 t = time.perf_counter()
                 analyzer.on_detections(cid, t0 + index / fps, index, dets, "cityloop-detector:v1", image)
-                spent[name] += time.perf_counter() - t
+                took = time.perf_counter() - t
+                spent[name] += took
+                worst[name] = max(worst[name], took)
             frames += 1
-    return {name: frames / s for name, s in spent.items()}
+    return {name: frames / s for name, s in spent.items()}, worst
 
 
 @pytest.mark.slow
@@ -104,13 +111,16 @@ def test_a_hanging_webhook_receiver_does_not_slow_the_frame_loop(clip: Path, tmp
         warm = _analyzer(clip, tmp_path / "warm", [])
         _interleaved(clip, {"warm": warm})  # page cache and first-call costs, for neither arm
         warm.dispatcher.stop(timeout=1)
-        hook = WebhookSink(f"http://127.0.0.1:{hung.port}/alerts", name="ops", retries=0, timeout_s=30.0)
+        hook = WebhookSink(f"http://127.0.0.1:{hung.port}/alerts", name="ops", retries=0, timeout_s=SEND_TIMEOUT_S)
         arms = {"none": _analyzer(clip, tmp_path / "none", []), "hung": _analyzer(clip, tmp_path / "hung", [hook])}
-        fps = _interleaved(clip, arms)
+        fps, worst = _interleaved(clip, arms)
         assert hung.accepted >= 1, "the webhook was never called: the test would prove nothing"
-        ratio = fps["hung"] / fps["none"]
-        print(f"frames/s: {fps['none']:.1f} without alerts, {fps['hung']:.1f} with a hanging webhook ({ratio:.2f})")
-        assert ratio >= 0.9, f"frames/s with a hanging webhook {fps['hung']:.1f} vs {fps['none']:.1f} without"
+        print(f"frames/s: {fps['none']:.1f} without alerts, {fps['hung']:.1f} with a hanging webhook "
+              f"({fps['hung'] / fps['none']:.2f}); slowest frame {worst['hung'] * 1000:.1f} ms")
+        # Not a speed test (that is benchmarks/'s job, and a ratio of two timings flakes on a shared CI
+        # machine): a send made inside the frame loop would hold one frame for the whole 30 s timeout.
+        # No frame may take a tenth of that.
+        assert worst["hung"] < SEND_TIMEOUT_S / 10, f"a frame waited {worst['hung']:.1f} s on the receiver"
         raised, d = arms["hung"].raised, arms["hung"].dispatcher
         assert len(raised) >= 10  # enough events that a delivery in the loop would have cost minutes
         assert len(arms["none"].raised) == len(raised)  # the same frames, the same events
