@@ -154,3 +154,15 @@ def test_serve_params_mirror_the_service_settings():
     # the image limit is params.yaml `limits:` (one limit for every door), passed on beside `serve:`
     assert ServeSettings.max_image_pixels == LimitsParams.max_image_pixels
     assert serve_env(ServeParams(), 1000)["CITYLOOP_MAX_IMAGE_PIXELS"] == "1000"
+
+
+def test_a_frame_size_the_gate_refuses_fails_the_check(workspace: Path):
+    """generate.size and gate.allowed_sizes are one contract: a mismatch would quarantine every frame."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    assert f"{params['generate']['size']}x{params['generate']['size']}" in params["gate"]["allowed_sizes"]
+    assert params["train"]["size"] == params["generate"]["size"]  # the detector sees the frames as rendered
+    edit_params(workspace, generate={**params["generate"], "size": 256})
+    res = runner.invoke(app, ["params", "check", "--json"])
+    assert res.exit_code == 1, res.output
+    gate = next(r for r in json.loads(res.stdout)["sections"] if r["section"] == "gate")
+    assert not gate["ok"] and "256x256" in gate["error"] and "generate.size" in gate["error"]

@@ -185,7 +185,8 @@ def scenes_generate(
     domain: Annotated[str, typer.Option(help="lab (clear daytime, few cameras) or field (the real mix).")] = "lab",
     frames: Annotated[int, typer.Option(min=1, help="Frames to render (still-image mode).")] = 500,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    size: Annotated[int, typer.Option(min=64, max=1024, help="Frame width and height in px.")] = 192,
+    size: Annotated[int | None, typer.Option(
+        min=64, max=1024, help="Frame width and height in px (default: params generate.size).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jpg or png.")] = "jpg",
     workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 2,
     video: Annotated[bool, typer.Option("--video", help="Render camera clips instead of still frames.")] = False,
@@ -204,9 +205,11 @@ def scenes_generate(
 ) -> None:
     """Render frames (or clips) with COCO ground truth and a metadata table."""
     from cityloop.scenes.frames import generate_frames
+    from cityloop.scenes.params import frame_size
     from cityloop.scenes.video import generate_video
     from cityloop.scenes.world import DOMAINS
 
+    size = size or frame_size(find_root())
     if domain not in DOMAINS:
         raise typer.BadParameter(f"domain must be one of {', '.join(DOMAINS)}", param_hint="--domain")
     if fmt not in ("jpg", "png"):
@@ -260,6 +263,7 @@ def scenes_season(
 ) -> None:
     """Render weeks of a district's fixed field cameras (one stream folder per day), helmet compliance
     rising after enforcement starts; season.json holds the true weekly event counts."""
+    from cityloop.scenes.params import frame_size
     from cityloop.scenes.season import SeasonParams, generate_season, season_kwargs
 
     root = find_root()
@@ -270,7 +274,7 @@ def scenes_season(
     clips = p.weeks * 7 * p.clips_per_day * p.cameras
     with bar(f"season {p.weeks} weeks", clips) as advance:
         try:
-            s = generate_season(dest, progress=advance, **season_kwargs(p))
+            s = generate_season(dest, progress=advance, **season_kwargs(p, frame_size(root)))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
     helmet = s["truth"]["helmetless_rider"]
@@ -664,10 +668,11 @@ def _demo_season(root: Path) -> None:
     from cityloop.analysis.report import ReportParams
     from cityloop.analysis.season import play_season, season_model
     from cityloop.cli.analysis import season_story, snapshots_dir
+    from cityloop.scenes.params import frame_size
     from cityloop.scenes.season import SeasonParams, generate_season, read_season, season_kwargs, season_matches
 
     p = load_section(root, "season", SeasonParams)
-    folder, kwargs = root / p.out, season_kwargs(p)
+    folder, kwargs = root / p.out, season_kwargs(p, frame_size(root))
     if not season_matches(folder, **kwargs):
         with bar(f"season: {p.weeks} weeks x {p.cameras} cameras", p.weeks * 7 * p.clips_per_day * p.cameras) as adv:
             generate_season(folder, progress=adv, **kwargs)

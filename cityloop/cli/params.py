@@ -89,6 +89,7 @@ def check_sections(root: Path) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - every problem of a section is reported, never raised
             row.update(ok=False, error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc))
         rows.append(row)
+    _check_frame_contract(Path(root), {r["section"]: r for r in rows})
     for section in raw:
         if section not in classes:
             near = difflib.get_close_matches(str(section), list(classes), n=1)
@@ -96,6 +97,20 @@ def check_sections(root: Path) -> list[dict[str, Any]]:
             rows.append({"section": section, "class": None, "in_params": True, "ok": False,
                          "error": f"unknown section {section!r}: no params class reads it ({hint})"})
     return rows
+
+
+def _check_frame_contract(root: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """The frame contract across sections: frames rendered at generate.size must pass the gate
+    (gate.allowed_sizes), else every dataset of the demo is quarantined at ingest."""
+    if not (rows["generate"]["ok"] and rows["gate"]["ok"]):
+        return
+    from cityloop.governance.gate import GateParams
+    from cityloop.scenes.params import frame_size
+
+    size, allowed = frame_size(root), load_section(root, "gate", GateParams).allowed_sizes
+    if f"{size}x{size}" not in allowed:
+        rows["gate"].update(ok=False, error=f"gate.allowed_sizes {allowed} refuses the frames generate.size renders "
+                                            f"({size}x{size}): add it, or change generate.size")
 
 
 def _plain(value: Any) -> Any:

@@ -42,13 +42,14 @@ def deliver_frames(root: Path, rnd: int, p: LoopParams) -> dict:
     """Round `rnd`'s frames from the field cameras: rendered, their truth set aside for the scripted
     annotators only, ingested unlabeled (split pool) into the pool dataset."""
     from cityloop.scenes.frames import generate_frames
+    from cityloop.scenes.params import frame_size
 
     raw = _raw(root) / f"pool-r{rnd}"
     truth = raw.with_name(f"{raw.name}.truth.json")
     if not truth.exists():
         if raw.exists():
             shutil.rmtree(raw)
-        generate_frames("field", p.pool_frames, p.pool_seed + rnd, raw, workers=2)
+        generate_frames("field", p.pool_frames, p.pool_seed + rnd, raw, frame_size(root), workers=2)
         (raw / "annotations.coco.json").replace(truth)
     res = _repository(root, require_labels=False).ingest(raw, p.pool, source="field", split="pool", docs=False)
     return {"version": res.version.id, "new_frames": res.new_frames, "truth": str(raw)}
@@ -56,13 +57,14 @@ def deliver_frames(root: Path, rnd: int, p: LoopParams) -> dict:
 
 def render_streams(root: Path, rnd: int, p: LoopParams) -> dict:
     """Round `rnd`'s field video: one clip per camera with its truth and ground-truth events."""
+    from cityloop.scenes.params import frame_size
     from cityloop.scenes.video import generate_video
 
     out = _raw(root) / f"video-r{rnd}"
     if not (out / "events.json").exists():
         if out.exists():
             shutil.rmtree(out)
-        generate_video("field", p.cameras, p.seconds, p.fps, p.video_seed + rnd, out, workers=2)
+        generate_video("field", p.cameras, p.seconds, p.fps, p.video_seed + rnd, out, frame_size(root), workers=2)
     cams = json.loads((out / "cameras.json").read_text())
     return {"streams": str(out), "cameras": [c["camera_id"] for c in cams],
             "frames": sum(c["frames"] for c in cams)}

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from cityloop.core.settings import from_section
+from cityloop.core.settings import from_section, load_section
 
 
 @dataclass
@@ -47,3 +48,10 @@ class GenerateParams:
         top = from_section(cls, d, "generate")
         top.sets, top.video = sets, video
         return top
+
+
+def frame_size(root: Path) -> int:
+    """The frame contract: width and height in px of every frame the workspace's simulator renders
+    (`generate.size`: datasets, the loop's pool and streams, the season). The gate's `allowed_sizes` and
+    the detector's `train.size` follow it in params.yaml."""
+    return int(load_section(root, "generate", GenerateParams).size)

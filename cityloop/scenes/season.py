@@ -223,13 +223,13 @@ def season_matches(season_dir: Path, **kwargs) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
-def season_kwargs(p: SeasonParams) -> dict:
-    """generate_season's arguments from the `season:` section."""
+def season_kwargs(p: SeasonParams, size: int = 192) -> dict:
+    """generate_season's arguments from the `season:` section and the frame contract (`generate.size`)."""
     d = asdict(p)
     return {"weeks": d["weeks"], "cameras": d["cameras"], "clips_per_day": d["clips_per_day"],
             "seconds": d["seconds"], "fps": d["fps"], "seed": d["seed"], "enforcement_week": d["enforcement_week"],
             "p_no_helmet": (d["p_no_helmet_before"], d["p_no_helmet_after"]), "ramp_days": d["ramp_days"],
-            "workers": d["workers"]}
+            "workers": d["workers"], "size": int(size)}
 
 
 __all__ = ["SeasonParams", "generate_season", "read_season", "season_kwargs", "season_matches", "p_no_helmet_on",
