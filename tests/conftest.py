@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cityloop.core.settings import quiet_env
 from cityloop.labeling.server import LabelStudioServer
 from cityloop.scenes.frames import generate_frames
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_SIZE = 192  # px: the frames every fixture renders (generate_frames' default)
 quiet_env()
 
 
@@ -33,6 +35,7 @@ def make_workspace(ws: Path) -> Path:
     (ws / ".dvc").mkdir()
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(REPO / name, ws / name)
+    small_frames(ws)
     shutil.copytree(REPO / "data" / "expectations", ws / "data" / "expectations")
     for pkg in ("cityloop/scenes", "cityloop/governance", "models"):  # dvc.yaml stages depend on the code
         shutil.copytree(REPO / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -40,6 +43,16 @@ def make_workspace(ws: Path) -> Path:
     git(ws, "add", "-A")
     git(ws, "commit", "-qm", "workspace")
     return ws
+
+
+def small_frames(ws: Path, size: int = TEST_SIZE) -> None:
+    """Pin the workspace's frame contract (generate.size, gate.allowed_sizes, train.size) to the simulator's
+    default of 192 px: the fixtures render there and tiny trainings stay fast. The project's own contract
+    (params.yaml, 320) is checked by `params check` on the repository's params.yaml."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["generate"]["size"] = params["train"]["size"] = size
+    params["gate"]["allowed_sizes"] = [f"{size}x{size}"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture

@@ -67,6 +67,32 @@ def test_loop_params_name_bad_arms_and_keys():
     assert len({x.dataset for x in lins}) == len({x.project for x in lins}) == len({x.model for x in lins}) == 4
 
 
+def test_the_loop_and_the_season_render_at_the_frame_contract(workspace: Path):
+    """generate.size is the one frame contract: the loop's pool frames (admitted by the gate that allows only
+    that size) and streams, and the season, all render at it (they were fixed at 192 before)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cityloop.cli import app
+    from cityloop.loop.stages import deliver_frames, render_streams
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["generate"]["size"], params["gate"]["allowed_sizes"] = 128, ["128x128"]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = LoopParams(pool_frames=4, cameras=1, seconds=2, fps=1)
+
+    pool = deliver_frames(workspace, 1, p)
+    assert pool["new_frames"] == 4  # the gate admitted them: at any other size it quarantines every frame
+    streams = render_streams(workspace, 1, p)
+    season = CliRunner().invoke(app, ["scenes", "season", "--weeks", "1", "--cameras", "1", "--seconds", "1",
+                                      "--fps", "1", "--workers", "1", "--out", str(workspace / "season")])
+    assert season.exit_code == 0, season.output
+    for folder in (Path(pool["truth"]), Path(streams["streams"]), workspace / "season"):
+        images = [f for f in folder.rglob("*.jpg")]
+        assert images, f"no frames under {folder}"
+        assert {Image.open(f).size for f in images} == {(128, 128)}, folder
+
+
 def free_block(n: int) -> int:
     """A port with the n-1 ports after it free as well (the loop's inbox and nodes)."""
     for _ in range(50):

@@ -41,9 +41,12 @@ def test_generate_writes_images_coco_and_metadata(lab_src: Path):
         assert (lab_src / im["file_name"]).exists()
     found = {a["category_id"] for a in coco["annotations"]}
     assert found == set(CATEGORY_IDS.values()), "every class appears in 80 frames"
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    assert len(set(sizes.values())) == 1  # one frame contract
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= 192.01 and y + h <= 192.01 and w >= 5 and h >= 5
+        fw, fh = sizes[a["image_id"]]
+        assert 0 <= x and 0 <= y and x + w <= fw + 0.01 and y + h <= fh + 0.01 and w >= 5 and h >= 5
     assert set(meta.condition) == {"day"} and meta.camera_id.nunique() <= 12  # a vendor set: 12 cameras, daylight
 
 
