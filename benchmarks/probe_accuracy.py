@@ -1,9 +1,9 @@
 """Accuracy probe: how far the detector gets on field data with unlimited truth labels, no loop.
 
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
-        [--mult 2,4,6,8] [--depth 0,0,0,0] [--neck 0] [--giou 0]
+        [--mult 2,4,8,12] [--depth 0,1,1,1] [--neck 4] [--giou 0]
         [--size 192] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
-        [--save weights.pt]
+        [--init weights.pt] [--save weights.pt]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's
 seed) in memory, trains the plain Detector from scratch with the project's augmentation, targets,
@@ -16,6 +16,11 @@ a stronger detector (or a simulator whose cues survive 192 px) will.
 
 A plain training loop rather than Lightning: the frames never become a governed dataset version
 (this measures the model, not the platform), and evaluation runs mid-schedule at the marks.
+The network's shape flags default to params.yaml's `train:` section (the detector `make demo` trains).
+`--init` starts from a Detector state_dict instead of from scratch (the launch model: a registered
+version's weights.pt), its shape read from the weights: the ceiling of fine-tuning the launch model on
+field truth, which is what the loop does.
+
 Replaces the "## Detector ceiling" section of benchmarks/results.md.
 """
 
@@ -83,7 +88,8 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
         bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3,
-        arch: dict | None = None, giou: float = 0.0, save: Path | None = None) -> list[Row]:
+        arch: dict | None = None, giou: float = 0.0, save: Path | None = None, init: Path | None = None
+        ) -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
@@ -103,7 +109,13 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
     log(f"rendered {frames} {domain} + {bench_frames} field frames of {size} px in {time.perf_counter() - t0:.0f} s")
     aug, rng = Augment(paste=paste), np.random.default_rng(0)
     objects = [(i, k) for i, b in enumerate(tr_b) for k in range(len(b))]  # copy-paste donors
-    model = Detector(DetectorConfig(width=width, **(arch or {})))
+    if init is not None:  # fine-tune a trained model (its shape from its weights; the flags do not apply)
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        model = Detector(DetectorConfig.from_state_dict(state))
+        model.load_state_dict(state)
+        log(f"starting from {init}: {model.cfg}")
+    else:
+        model = Detector(DetectorConfig(width=width, **(arch or {})))
     bf16, fmt = use_bf16(precision), torch.channels_last  # oneDNN's convolutions run faster channels-last
     model = model.to(memory_format=fmt)
     ema = ema_model(model)
@@ -153,11 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=2000, help="truth-labeled field frames to train on")
     p.add_argument("--epochs", default="10,20,30", help="evaluation marks; the schedule is the largest")
-    p.add_argument("--width", type=int, default=16, help="detector width (params train.width)")
-    p.add_argument("--mult", default=None, help="channels of the /4,/8,/16,/32 stages in units of width (2,4,6,8)")
-    p.add_argument("--depth", default=None, help="residual blocks added to the /4,/8,/16,/32 stages (0,0,0,0)")
-    p.add_argument("--neck", type=int, default=0,
-                   help="channels of the FPN neck and head trunk in units of width (0: the /4 stage's)")
+    p.add_argument("--width", type=int, default=None, help="detector width (default: params train.width)")
+    p.add_argument("--mult", default=None,
+                   help="channels of the /4,/8,/16,/32 stages in units of width (default: params train.stage_mult)")
+    p.add_argument("--depth", default=None,
+                   help="residual blocks added to the /4,/8,/16,/32 stages (default: params train.depth)")
+    p.add_argument("--neck", type=int, default=None, help="channels of the FPN neck and head trunk in units of "
+                   "width (0: the /4 stage's; default: params train.neck)")
     p.add_argument("--giou", type=float, default=0.0, help="weight of the GIoU box loss (0: L1 only)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -170,22 +184,29 @@ def main(argv: list[str] | None = None) -> None:
                    help="probability of copy-paste augmentation (objects of other training frames)")
     p.add_argument("--paste-n", type=int, default=3, help="objects pasted when it applies")
     p.add_argument("--bench-frames", type=int, default=400, help="field-bench-like frames scored (seed 1)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these Detector weights (a state_dict: a registered version's weights.pt)")
     p.add_argument("--save", type=Path, default=None, help="also save the final EMA weights (a state_dict) here")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load = command_line(), loadavg()
     t0 = time.perf_counter()
-    if args.size is None:
-        from cityloop.core.settings import load_params
+    from cityloop.core.settings import load_params
 
-        args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
-    arch = {k: tuple(int(x) for x in v.split(",")) for k, v in
-            (("stage_mult", args.mult), ("depth", args.depth)) if v}
-    if args.neck:
-        arch["neck"] = args.neck
+    params = load_params(REPO)
+    train = params.get("train", {})
+    if args.size is None:
+        args.size = int(params.get("generate", {}).get("size", 192))
+    if args.width is None:
+        args.width = int(train.get("width", 16))
+    arch = {k: tuple(int(x) for x in v.split(",")) if v else tuple(train[k]) for k, v in
+            (("stage_mult", args.mult), ("depth", args.depth)) if v or k in train}
+    neck = train.get("neck", 0) if args.neck is None else args.neck
+    if neck:
+        arch["neck"] = int(neck)
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
                args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou,
-               args.save)
+               args.save, args.init)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,
