@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
         [--mult 2,4,8,12] [--depth 0,1,1,1] [--neck 4] [--giou 0]
-        [--size 192] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
+        [--size N (default: generate.size)] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
         [--init weights.pt] [--save weights.pt]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's

@@ -47,8 +47,8 @@ def make_workspace(ws: Path) -> Path:
 
 def small_frames(ws: Path, size: int = TEST_SIZE) -> None:
     """Pin the workspace's frame contract (generate.size, gate.allowed_sizes, train.size) to the simulator's
-    default of 192 px: the fixtures render there and tiny trainings stay fast. The project's own contract
-    (params.yaml, 320) is checked by `params check` on the repository's params.yaml."""
+    default of 192 px: the fixtures render there and tiny trainings stay fast. The shipped contract
+    (the repository's params.yaml) is checked by `test_the_projects_params_yaml_passes_check`."""
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["generate"]["size"] = params["train"]["size"] = size
     params["gate"]["allowed_sizes"] = [f"{size}x{size}"]

@@ -88,7 +88,7 @@ def test_the_loop_and_the_season_render_at_the_frame_contract(workspace: Path):
                                       "--fps", "1", "--workers", "1", "--out", str(workspace / "season")])
     assert season.exit_code == 0, season.output
     for folder in (Path(pool["truth"]), Path(streams["streams"]), workspace / "season"):
-        images = [f for f in folder.rglob("*.jpg")]
+        images = list(folder.rglob("*.jpg"))
         assert images, f"no frames under {folder}"
         assert {Image.open(f).size for f in images} == {(128, 128)}, folder
 
