@@ -88,13 +88,13 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
         bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3,
-        arch: dict | None = None, giou: float = 0.0, save: Path | None = None, init: Path | None = None
-        ) -> list[Row]:
+        arch: dict | None = None, giou: float = 0.0, save: Path | None = None, init: Path | None = None,
+        rfs: float = 0.0) -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
     from cityloop.models.components.detector import Detector, DetectorConfig
-    from cityloop.models.data import Augment, donor_crop, draw_targets
+    from cityloop.models.data import Augment, donor_crop, draw_targets, repeat_factors
     from cityloop.models.module import detection_loss, ema_model, use_bf16
 
     torch.set_num_threads(threads)
@@ -123,11 +123,16 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
     steps = len(tr_i) // bs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
+    draw = None  # repeat-factor sampling: frames drawn with replacement, weighted, the same steps per epoch
+    if rfs:
+        rf = repeat_factors([b[:, 4].astype(np.int64) for b in tr_b], len(CLASSES), rfs)
+        draw = rf / rf.sum()
+        log(f"repeat-factor sampling t={rfs}: factors {rf.min():.2f}-{rf.max():.2f}, mean {rf.mean():.2f}")
     rows: list[Row] = []
     log(f"training {sum(p.numel() for p in model.parameters()):,} parameters, bf16 autocast {bf16}")
     t0 = time.perf_counter()
     for ep in range(1, epochs + 1):
-        perm = rng.permutation(len(tr_i))
+        perm = rng.permutation(len(tr_i)) if draw is None else rng.choice(len(tr_i), len(tr_i), p=draw)
         for s in range(steps):
             xs, ts = [], []
             for i in perm[s * bs : (s + 1) * bs]:
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", type=Path, default=None,
                    help="start from these Detector weights (a state_dict: a registered version's weights.pt)")
     p.add_argument("--save", type=Path, default=None, help="also save the final EMA weights (a state_dict) here")
+    p.add_argument("--rfs", type=float, default=0.0,
+                   help="repeat-factor sampling threshold t (LVIS; 0: off): frames of rarer classes drawn more often")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load = command_line(), loadavg()
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         arch["neck"] = int(neck)
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
                args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou,
-               args.save, args.init)
+               args.save, args.init, args.rfs)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

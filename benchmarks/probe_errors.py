@@ -61,8 +61,26 @@ def ap_by_iou(coco: dict, results: list[dict]) -> dict[int, list[float]]:
     return out
 
 
-def account(coco: dict, results: list[dict], score: float) -> tuple[dict, dict, dict, Counter]:
-    """Each truth box's fate and each confident detection's, per class name; median heights; confusions."""
+def contrast(grey: np.ndarray, bbox: list[float]) -> float:
+    """How far a box stands out: |mean grey inside - mean grey of a ring around it| (a quarter of its size
+    on each side, clipped to the frame), 0..255. A rough visibility measure: an object a few grey levels
+    off its surroundings is one an annotator would hardly see."""
+    x, y, w, h = bbox
+    H, W = grey.shape
+    x0, y0, x1, y1 = int(max(0, x)), int(max(0, y)), int(min(W, np.ceil(x + w))), int(min(H, np.ceil(y + h)))
+    mx, my = max(1, int(w / 4)), max(1, int(h / 4))
+    X0, Y0, X1, Y1 = max(0, x0 - mx), max(0, y0 - my), min(W, x1 + mx), min(H, y1 + my)
+    inner, outer = grey[y0:y1, x0:x1], grey[Y0:Y1, X0:X1]
+    ring = outer.size - inner.size
+    if inner.size == 0 or ring <= 0:
+        return 0.0
+    return float(abs(inner.mean() - (outer.sum() - inner.sum()) / ring))
+
+
+def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray] | None = None
+            ) -> tuple[dict, dict, dict, Counter, dict]:
+    """Each truth box's fate and each confident detection's, per class name; median heights; confusions;
+    each truth box's contrast (`contrast`, from `imgs` in coco image id order; empty without them)."""
     from pycocotools import mask
 
     from cityloop.governance.schema import CATEGORY_IDS
@@ -77,7 +95,10 @@ def account(coco: dict, results: list[dict], score: float) -> tuple[dict, dict, 
         truths[a["image_id"]].append(a)
     fate, heights, det_fate, confusions = defaultdict(Counter), defaultdict(lambda: defaultdict(list)), \
         defaultdict(Counter), Counter()
+    contrasts: dict = defaultdict(lambda: defaultdict(list))
     for img in coco["images"]:
+        grey = (imgs[img["id"] - 1].astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+                if imgs is not None else None)
         g, d = truths[img["id"]], by_img[img["id"]]
         m = (np.asarray(mask.iou([x["bbox"] for x in d], [x["bbox"] for x in g], [0] * len(g)))
              if g and d else np.zeros((len(d), len(g))))
@@ -90,13 +111,15 @@ def account(coco: dict, results: list[dict], score: float) -> tuple[dict, dict, 
                 confusions[(name[a["category_id"]], name[oc])] += 1
             fate[name[a["category_id"]]][f] += 1
             heights[name[a["category_id"]]][f].append(a["bbox"][3])
+            if grey is not None:
+                contrasts[name[a["category_id"]]][f].append(contrast(grey, a["bbox"]))
         for j, x in enumerate(d):
             same = [m[j, i] for i, a in enumerate(g) if a["category_id"] == x["category_id"]]
             other = [m[j, i] for i, a in enumerate(g) if a["category_id"] != x["category_id"]]
             best, bo = max(same, default=0.0), max(other, default=0.0)
             det_fate[name[x["category_id"]]]["true" if best >= 0.5 else "placed" if best >= 0.1
                                              else "wrong class" if bo >= 0.5 else "background"] += 1
-    return fate, heights, det_fate, confusions
+    return fate, heights, det_fate, confusions, contrasts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("weights", type=Path, help="a state_dict saved by probe_accuracy.py --save")
     p.add_argument("--score", type=float, default=0.3, help="the confidence a detection must reach to count")
     p.add_argument("--frames", type=int, default=400, help="field-bench-like frames (seed 1, the probe's)")
-    p.add_argument("--size", type=int, default=192)
+    p.add_argument("--size", type=int, default=None, help="frame size in px (default: params generate.size)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load, t0 = command_line(), loadavg(), time.perf_counter()
@@ -115,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     from cityloop.models.evaluate import detections_to_coco
 
     torch.set_num_threads(2)
+    if args.size is None:
+        from cityloop.core.settings import load_params
+
+        args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     model = Detector(DetectorConfig.from_state_dict(state))
     model.load_state_dict(state)
@@ -122,12 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     results = detections_to_coco(predict(model, imgs))
     log(f"{len(results)} detections on {len(imgs)} frames")
     aps = ap_by_iou(coco, results)
-    fate, heights, det_fate, confusions = account(coco, results, args.score)
+    fate, heights, det_fate, confusions, grey = account(coco, results, args.score, imgs)
     rows = []
     for c in CLASSES:
         ap, f, n = aps.get(CATEGORY_IDS[c], [0.0] * 4), fate[c], sum(fate[c].values()) or 1
-        fates = ", ".join(f"{k} {f[k] / n:.2f} ({np.median(heights[c][k]) if heights[c][k] else 0:.0f} px)"
-                          for k in FATES)
+        fates = ", ".join(f"{k} {f[k] / n:.2f} ({np.median(heights[c][k]) if heights[c][k] else 0:.0f} px, "
+                          f"contrast {np.median(grey[c][k]) if grey[c][k] else 0:.0f})" for k in FATES)
         dn = sum(det_fate[c].values()) or 1
         dets = ", ".join(f"{k} {det_fate[c][k] / dn:.2f}" for k in ("true", "placed", "wrong class", "background"))
         rows.append(Row(f"{c}: AP@0.5", ap[2], "", "AP@" + " / ".join(f"{t:g}" for t in IOUS) + " "
@@ -141,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
 
     finish("Detector errors on field frames", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,
            time.perf_counter() - t0, args.out,
-           extra=f"Truth boxes' fate among detections scoring >= {args.score} (median box height of each); "
+           extra=f"Truth boxes' fate among detections scoring >= {args.score} (median box height of each, and "
+                 f"median contrast: grey levels between the box and a ring around it); "
                  f"{args.frames} field frames of seed 1 (the probe's field-bench-like set), weights `{args.weights}`.")
 
 

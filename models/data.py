@@ -105,6 +105,19 @@ class Augment:
         return img, c, keep
 
 
+def repeat_factors(labels: list[np.ndarray], num_classes: int, t: float) -> np.ndarray:
+    """Repeat-factor sampling weights (LVIS, Gupta et al. 2019; detectron2's RepeatFactorTrainingSampler):
+    a frame's factor is the largest max(1, sqrt(t / f_c)) over the classes c it holds, f_c the share of
+    frames that hold c. Frames of rare classes are drawn more often, at the same number of steps.
+    Written here because detectron2 is not a dependency (eight lines of numpy)."""
+    held = np.zeros((len(labels), num_classes), bool)
+    for i, lab in enumerate(labels):
+        held[i, np.asarray(lab, np.int64)] = True
+    share = held.mean(0).clip(min=1e-9)
+    per_class = np.maximum(1.0, np.sqrt(t / share))
+    return np.where(held, per_class, 1.0).max(1) if num_classes else np.ones(len(labels))
+
+
 def donor_crop(img: np.ndarray, box: np.ndarray, margin: int = 2) -> np.ndarray:
     """An object's pixels with a `margin` of its surroundings (uint8 RGB), for `paste_objects`; at the
     frame's edge the margin repeats the edge's pixels, so the object is always `margin` px inside."""

@@ -328,6 +328,19 @@ def test_giou_loss_is_zero_on_the_truth_and_weighs_a_flat_box_by_its_overlap():
     assert float(detection_loss(outs, t, ())["giou"]) == 0.0, "off unless asked for"
 
 
+def test_repeat_factors_draw_frames_of_rare_classes_more_often():
+    """LVIS repeat-factor sampling: a frame holding a class seen in a fifth of the frames is drawn twice as
+    often at t=0.8 (sqrt(0.8 / 0.2)); a class in every frame, or a frame with no object, keeps factor 1."""
+    import numpy as np
+
+    from cityloop.models.data import repeat_factors
+
+    labels = [np.array([0])] * 7 + [np.array([0, 1, 1])] * 2 + [np.array([], np.int64)]
+    r = repeat_factors(labels, 3, 0.8)
+    assert np.allclose(r, [1.0] * 7 + [2.0] * 2 + [1.0]), r
+    assert np.allclose(repeat_factors(labels, 3, 0.01), 1.0), "a low threshold changes nothing"
+
+
 def test_a_deeper_detector_round_trips_through_its_train_params(tmp_path: Path):
     """stage_mult, depth and neck (train params) build the same network when a run's weights are loaded
     for export and parity; a wrong shape is refused with the rule."""
