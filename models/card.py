@@ -31,7 +31,8 @@ class OutputSpec:
     """How to turn the model's outputs into boxes.
 
     format "centernet": outputs (heatmap logits (B,C,H/s,W/s), wh (B,2,..) in input px,
-    offset (B,2,..) in cells), decoded by 3x3 peak picking, top-k and the score threshold.
+    offset (B,2,..) in cells), decoded by 3x3 peak picking, the score threshold, a class-wise box NMS
+    (nms_iou) and top-k.
     format "boxes": outputs (boxes (B,K,4) xyxy in input px, scores (B,K), labels (B,K) int).
     """
 
@@ -40,6 +41,7 @@ class OutputSpec:
     stride: int = 4
     score_threshold: float = 0.05
     max_detections: int = 100
+    nms_iou: float = 0.7  # centernet: class-wise box NMS at this IoU after the peak picking (0: off)
 
 
 @dataclass

@@ -205,3 +205,20 @@ def test_parity_reads_the_heatmap_as_the_scores_the_decoder_reads(model: Detecto
     assert res.passed, res.reason  # ... but not a score the decoder reads
     res = check_parity(_HeatShift(model, 2e-3), onnx_path, card, images)
     assert not res.passed and res.reason.startswith("heatmap: max score diff"), res.reason
+
+
+def test_decoding_keeps_one_box_for_a_wide_object_with_two_peaks() -> None:
+    """A puddle 8:1 holds two heat peaks more than a cell apart: the 3x3 peak picking keeps both, and the
+    class-wise box NMS keeps the higher one. Another class's box in the same place stays; nms_iou 0 is off."""
+    heat = np.full((1, 2, 12, 24), -9.0, np.float32)
+    heat[0, 0, 6, 10], heat[0, 0, 6, 12] = 2.0, 1.0  # class 0: two peaks two cells (8 px) apart, IoU 0.78
+    heat[0, 1, 6, 11] = 0.5  # class 1 in between
+    wh = np.zeros((1, 2, 12, 24), np.float32)
+    wh[0, 0], wh[0, 1] = 64.0, 8.0  # every cell: a 64 x 8 px box
+    off = np.zeros((1, 2, 12, 24), np.float32)
+    (rows,) = decode_outputs([heat, wh, off], OutputSpec(nms_iou=0.7))
+    assert sorted(rows[:, 5].astype(int).tolist()) == [0, 1], rows
+    assert rows[rows[:, 5] == 0, 4][0] > 0.85, "the higher peak of class 0 is the one kept"
+    (rows,) = decode_outputs([heat, wh, off], OutputSpec(nms_iou=0.0))
+    assert sorted(rows[:, 5].astype(int).tolist()) == [0, 0, 1]
+    assert list(rows[:, 4]) == sorted(rows[:, 4], reverse=True), "highest first"
