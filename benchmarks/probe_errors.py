@@ -9,9 +9,12 @@ For the 400 field frames the probe scores (seed 1), it reports per class
 - AP at IoU 0.1, 0.3, 0.5 and 0.7 (pycocotools): how much of the gap to mAP@0.5 is placement;
 - each truth box's fate among the detections at `--score` or more: hit (same class, IoU >= 0.5), placed
   (same class, IoU 0.1-0.5), wrong class (another class's detection at IoU >= 0.5) or missed, with the
-  median box height of each (small objects are where 192 px frames run out of pixels);
+  median box height of each (small objects are where 192 px frames run out of pixels) and its median
+  contrast (grey levels between the box and a ring around it: a dark or foggy object stands out little);
 - each such detection's: true, placed, wrong class or background;
-and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
+the share of each class's boxes under half shown (nearer objects in front: the simulator's `Frame.shown`)
+and their fate, and mAP@0.5 with those boxes scored as pycocotools' iscrowd (neither a hit nor a miss: what an
+`ignore` flag in the truth would do to the figure); and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
 the helmet call, background), instead of guessing from mAP alone.
 Replaces the "## Detector errors" section of benchmarks/results.md.
 """
@@ -75,6 +78,17 @@ def contrast(grey: np.ndarray, bbox: list[float]) -> float:
     if inner.size == 0 or ring <= 0:
         return 0.0
     return float(abs(inner.mean() - (outer.sum() - inner.sum()) / ring))
+
+
+HALF = 0.5  # "under half shown" (CityPersons' Reasonable subset keeps boxes >= 0.65 shown; 0.2-0.65 is its heavy
+#              occlusion subset; the simulator labels nothing under 0.2, frames.MIN_VISIBLE)
+
+
+def hidden_fates(coco: dict, results: list[dict], score: float) -> Counter:
+    """The fates (hit, placed, wrong class, missed) of the truth boxes under half shown, all classes."""
+    part = {**coco, "annotations": [a for a in coco["annotations"] if a.get("shown", 1.0) < HALF]}
+    fate = account(part, results, score)[0]
+    return sum(fate.values(), Counter())
 
 
 def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray] | None = None
@@ -160,6 +174,17 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(Row(f"{c}: AP@0.5", ap[2], "", "AP@" + " / ".join(f"{t:g}" for t in IOUS) + " "
                         + " / ".join(f"{a:.2f}" for a in ap) + f"; {n} truth boxes: {fates}; {dn} detections: "
                         f"{dets}"))
+    hidden = {c: [a.get("shown", 1.0) < HALF for a in coco["annotations"] if a["category_id"] == CATEGORY_IDS[c]]
+              for c in CLASSES}
+    rows.append(Row("boxes under half shown (nearer objects in front)", float(np.mean(sum(hidden.values(), []))),
+                    "share", ", ".join(f"{c} {np.mean(v):.2f}" for c, v in hidden.items() if v)
+                    + "; their fate: "
+                    + ", ".join(f"{k} {n}" for k, n in hidden_fates(coco, results, args.score).items())))
+    ign = {**coco, "annotations": [{**a, "iscrowd": int(a.get("shown", 1.0) < HALF)} for a in coco["annotations"]]}
+    aps_ign = ap_by_iou(ign, results)
+    rows.append(Row("mAP@0.5 with boxes under half shown ignored (pycocotools iscrowd: neither hit nor miss)",
+                    float(np.mean([v[2] for v in aps_ign.values()])), "",
+                    ", ".join(f"{c} {aps_ign[CATEGORY_IDS[c]][2]:.2f}" for c in CLASSES if CATEGORY_IDS[c] in aps_ign)))
     means = [float(np.mean([aps[k][t] for k in aps])) for t in range(len(IOUS))]
     rows.append(Row("all classes: mAP@0.5", means[2], "", "mAP@" + " / ".join(f"{t:g}" for t in IOUS) + " "
                     + " / ".join(f"{a:.2f}" for a in means) + "; confusions (truth -> detected): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class Frame:
     camera: Camera
     condition: Condition
     timestamp: datetime
+    shown: list[float] = field(default_factory=list)  # per box: share of the object's drawn pixels that show
 
 
 def _fits(cam: Camera, where: str, x: float, y: float) -> bool:
@@ -87,7 +88,8 @@ def sample_objects(cam: Camera, cond: Condition, rng: np.random.Generator) -> li
 
 
 def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.random.Generator,
-                 background: tuple | None = None) -> tuple[np.ndarray, list[tuple[Obj, Box]], list[Obj]]:
+                 background: tuple | None = None, shown: list[float] | None = None
+                 ) -> tuple[np.ndarray, list[tuple[Obj, Box]], list[Obj]]:
     """Draw the background and objects (far to near, water first), then light and weather.
 
     Returns the RGB image, each labeled object with its box, and every object in the frame.
@@ -97,7 +99,8 @@ def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.rando
     declared one clipped to the frame: the whole object, hidden parts included (MOT's full-body boxes),
     so a box's bottom edge stays the object's ground point. It is labeled when, besides, at least
     MIN_VISIBLE of the pixels it draws (inside its box) show, not covered by nearer objects: nobody
-    can label a rider hidden behind a bus.
+    can label a rider hidden behind a bus. `shown`, when given, receives each labeled object's share of
+    its drawn pixels that show (1.0: nothing in front of it), in the order of the labeled boxes.
     """
     bg, lamps, windows = background or render_background(cam)
     img = bg.copy()
@@ -130,6 +133,8 @@ def render_scene(cam: Camera, cond: Condition, objects: list[Obj], rng: np.rando
         present.append(o)
         if (owner == k).sum() >= max(1, MIN_VISIBLE * drawn[k]):
             visible.append((o, (cx0, cy0, cx1, cy1)))
+            if shown is not None:
+                shown.append(float((owner == k).sum()) / max(1, drawn[k]))
     return img, visible, present
 
 
@@ -154,11 +159,12 @@ def render_frame(domain: str, seed: int, index: int, size: int, cameras: list[Ca
     cam = cameras[int(rng.integers(len(cameras)))]
     cond = sample_condition(domain, rng)
     objects = sample_objects(cam, cond, rng)
-    img, visible, _present = render_scene(cam, cond, objects, rng, _background(cam))
+    shown: list[float] = []
+    img, visible, _present = render_scene(cam, cond, objects, rng, _background(cam), shown)
     data = encode(img, fmt, cond.jpeg)
     name = f"{domain}-s{seed}-{index:06d}.{fmt}"
     boxes = [(o.cls, b, o.track_id) for o, b in visible]
-    return Frame(name, data, boxes, cam, cond, frame_timestamp(cond, rng))
+    return Frame(name, data, boxes, cam, cond, frame_timestamp(cond, rng), shown)
 
 
 _BG_CACHE: dict[tuple, tuple] = {}

@@ -120,8 +120,11 @@ def test_a_half_hidden_object_keeps_its_box_and_a_hidden_one_is_not_labeled():
     img = render_background(cam)[0].copy()
     x0, _, x1, _ = draw_object(img, Obj("car", 80.0, y, s, dict(attrs)), [], cond, (170, 200, 235))
     half = Obj("car", 80.0 + (x1 - x0) / 2, y + 1, s, dict(attrs))
-    _, shown, _ = render_scene(cam, cond, [far, half], np.random.default_rng(0))
+    share: list[float] = []
+    _, shown, _ = render_scene(cam, cond, [far, half], np.random.default_rng(0), shown=share)
     boxes = {id(o): b for o, b in shown}
     assert id(far) in boxes, "a half-hidden car is labeled"
     fx0, _, fx1, _ = boxes[id(far)]
     assert abs(fx0 - x0) <= 1 and abs(fx1 - x1) <= 1, "its box is the whole car, its ground point kept"
+    vis = dict(zip((id(o) for o, _ in shown), share))
+    assert 0.35 < vis[id(far)] < 0.65 and vis[id(half)] == 1.0, f"the share that shows is measured: {vis}"
