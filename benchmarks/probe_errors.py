@@ -12,10 +12,11 @@ For the 400 field frames the probe scores (seed 1), it reports per class
   median box height of each (small objects are where 192 px frames run out of pixels) and its median
   contrast (grey levels between the box and a ring around it: a dark or foggy object stands out little);
 - each such detection's: true, placed, wrong class or background;
-the share of each class's boxes under half shown (nearer objects in front: the simulator's `Frame.shown`)
-and their fate, and mAP@0.5 with those boxes scored as pycocotools' iscrowd (neither a hit nor a miss: what an
-`ignore` flag in the truth would do to the figure); and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
-the helmet call, background), instead of guessing from mAP alone.
+- the share of each class's boxes under half shown (nearer objects in front: the simulator's `Frame.shown`)
+  and their fate, and mAP@0.5 with those boxes scored as pycocotools' iscrowd (neither a hit nor a miss:
+  what an `ignore` flag in the truth would do to the figure);
+and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
+the helmet call, background, hidden objects), instead of guessing from mAP alone.
 Replaces the "## Detector errors" section of benchmarks/results.md.
 """
 
