@@ -179,8 +179,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="residual blocks added to the /4,/8,/16,/32 stages (default: params train.depth)")
     p.add_argument("--neck", type=int, default=None, help="channels of the FPN neck and head trunk in units of "
                    "width (0: the /4 stage's; default: params train.neck)")
-    p.add_argument("--cue-head", type=int, default=None,
-                   help="3x3 layers of the cue branch's own (default: params train.cue_head, else 0)")
     p.add_argument("--giou", type=float, default=0.0, help="weight of the GIoU box loss (0: L1 only)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -215,9 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     neck = train.get("neck", 0) if args.neck is None else args.neck
     if neck:
         arch["neck"] = int(neck)
-    cue_head = train.get("cue_head", 0) if args.cue_head is None else args.cue_head
-    if cue_head:
-        arch["cue_head"] = int(cue_head)
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
                args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou,
                args.save, args.init, args.rfs)

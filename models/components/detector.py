@@ -23,7 +23,6 @@ class DetectorConfig:
     stage_mult: tuple[int, ...] = (2, 4, 6, 8)  # channels of the /4, /8, /16, /32 stages, in units of width
     depth: tuple[int, ...] = (0, 0, 0, 0)  # residual blocks added after each stage's strided block
     neck: int = 0  # channels of the FPN neck and the head trunk in units of width; 0: the /4 stage's
-    cue_head: int = 0  # 3x3 conv layers of the cue branch's own before its 1x1 logits (0: on the shared trunk)
     # Classes told apart by a cue at one point of their box (the registry's cue_groups: a rider's head):
     # ((class indices), (x, y) in the box). Each group is found as one class, on its first index's channel,
     # and its members are told apart by attribute logits read at the cue point.
@@ -41,9 +40,6 @@ class DetectorConfig:
             raise ValueError(f"neck takes a whole number >= 0 (channels in units of width; 0: the /4 stage's), "
                              f"got {self.neck}")
         self.neck = int(self.neck)
-        if int(self.cue_head) != self.cue_head or self.cue_head < 0:
-            raise ValueError(f"cue_head takes a whole number >= 0 (3x3 layers of the cue branch), got {self.cue_head}")
-        self.cue_head = int(self.cue_head)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> DetectorConfig:
@@ -54,9 +50,8 @@ class DetectorConfig:
         mult = tuple(int(state[f"{s}.0.0.weight"].shape[0]) // w for s in stages)
         depth = tuple(len({k.split(".")[1] for k in state if k.startswith(f"{s}.") and ".body." in k}) for s in stages)
         cn = int(state["trunk.0.weight"].shape[0])
-        cue_head = len({k.split(".")[1] for k in state if k.startswith("cue_trunk.")})
         return cls(num_classes=int(state["heat.weight"].shape[0]), width=w, stage_mult=mult, depth=depth,
-                   neck=0 if cn == mult[0] * w else cn // w, cue_head=cue_head)
+                   neck=0 if cn == mult[0] * w else cn // w)
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -123,8 +118,6 @@ class Detector(nn.Module):
         self.off = nn.Conv2d(cn, 2, 1)
         n_cue = sum(len(ix) for ix, _ in cfg.cue_groups)
         self.cue = nn.Conv2d(cn, n_cue, 1) if n_cue else None
-        # the cue's own 3x3 layers on the trunk (a helmet is a few px: the shared trunk serves nine classes)
-        self.cue_trunk = nn.Sequential(*(conv_bn(cn, cn) for _ in range(cfg.cue_head))) if n_cue else None
         nn.init.constant_(self.heat.bias, -math.log((1 - 0.1) / 0.1))  # prior p=0.1 (focal loss)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +140,7 @@ class Detector(nn.Module):
         the cue logits are those of every group's members in turn (an empty tensor when there are none).
         """
         f = self.features(x)
-        cue = self.cue(self.cue_trunk(f)) if self.cue is not None else f[:, :0]
+        cue = self.cue(f) if self.cue is not None else f[:, :0]
         return self.heat(f), self.wh(f), self.off(f), cue
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
