@@ -5,7 +5,9 @@
 against its sha256, written to `<root>/data/inbox/edge/images/<sha>.jpg` and its sidecar to
 `meta/<sha>.json` (write to a temp file, fsync, rename: a kill leaves the file whole or absent),
 and only then acknowledged. A frame already stored is acknowledged again and not rewritten, so
-at-least-once uploads store every example exactly once. `received.jsonl` logs every receipt.
+at-least-once uploads store every example exactly once. `received.jsonl` logs every receipt; a kill
+between a sidecar's rename and its log line is repaired when the server starts again (`recover`: one
+`"new": true, "recovered": true` line for each stored example the log never recorded).
 
 Closed by default: every upload needs `Authorization: Bearer <token>`, the token from
 `CITYLOOP_INBOX_TOKEN`, else from `<root>/.cityloop/inbox/token` (0600), generated on the first start.
@@ -94,6 +96,30 @@ class InboxStore:
                 fh.write(json.dumps({"sha256": sha, "node": node, "new": new, "ts": time.time()}) + "\n")
         return new
 
+    def recover(self) -> int:
+        """Log each stored example whose `new` receipt a kill cut off; returns how many were repaired."""
+        if not self.meta.exists():
+            return 0
+        log = self.dir / "received.jsonl"
+        logged, text = set(), log.read_text() if log.exists() else ""
+        if text:
+            for line in text.splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a kill mid-write
+                    continue
+                if rec.get("new"):
+                    logged.add(rec.get("sha256"))
+        missing = [p for p in sorted(self.meta.glob("*.json")) if p.stem not in logged]
+        with self._lock, open(log, "a") as fh:
+            if text and not text.endswith("\n"):  # end a line torn by the kill before logging on
+                fh.write("\n")
+            for p in missing:
+                node = json.loads(p.read_text()).get("node", "?")
+                fh.write(json.dumps({"sha256": p.stem, "node": node, "new": True, "recovered": True,
+                                     "ts": time.time()}) + "\n")
+        return len(missing)
+
     def examples(self) -> list[dict]:
         """Every complete example's sidecar."""
         return [json.loads(p.read_text()) for p in sorted(self.meta.glob("*.json"))] if self.meta.exists() else []
@@ -173,7 +199,9 @@ def serve_inbox(root: Path, port: int, host: str = "127.0.0.1", limits: Limits =
     Its token is generated on the first start (see `inbox_token`)."""
     token = inbox_token(root, create=True)
     assert token is not None
-    return HttpServer(make_app(InboxStore(root), token, limits), host, port, limits, name="inbox")
+    store = InboxStore(root)
+    store.recover()
+    return HttpServer(make_app(store, token, limits), host, port, limits, name="inbox")
 
 
 def inbox_ingest(root: Path, dataset: str = "edge-hard", push: bool = False):

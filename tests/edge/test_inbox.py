@@ -166,3 +166,21 @@ def test_an_edge_uploader_finds_the_token_the_inbox_generated(tmp_path, monkeypa
         up.join(10)
         srv.stop()
     assert up.failures == 0 and up.sent == 1
+
+
+def test_a_receipt_cut_off_by_a_kill_is_logged_when_the_server_starts_again(tmp_path):
+    """A kill between the sidecar's rename and its receipt line: the next start logs the example once."""
+    store = InboxStore(tmp_path)
+    kept, cut = _example(_jpeg(1)), _example(_jpeg(2))
+    assert store.put(kept, "n1") and store.put(cut, "n1")
+    log = store.dir / "received.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n" + lines[1][:20])  # the second line torn mid-write, as a SIGKILL leaves it
+    serve_inbox(tmp_path, free_port()).socket.close()  # recovery runs before the server accepts anything
+    text = log.read_text().splitlines()
+    assert text[1] == lines[1][:20]  # the torn line stays on its own line, nothing appended onto it
+    receipts = [json.loads(x) for x in text[:1] + text[2:]]
+    new = sorted(r["sha256"] for r in receipts if r["new"])
+    assert new == sorted([kept["sha256"], cut["sha256"]])  # each stored example has exactly one `new` receipt
+    assert [r["sha256"] for r in receipts if r.get("recovered")] == [cut["sha256"]]
+    assert InboxStore(tmp_path).recover() == 0  # idempotent: a second start adds nothing

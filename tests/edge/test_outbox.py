@@ -89,9 +89,13 @@ def test_sigkill_during_uploads_loses_and_duplicates_nothing(model_ws, tmp_path,
     assert {p.stem for p in store.images.glob("*.jpg")} == stored
     # a kill mid-write may leave a temp file (never a half-written image or sidecar under its real name)
     assert all(p.name.startswith(".tmp-") or p.suffix == ".jpg" for p in store.images.iterdir())
-    receipts = [json.loads(line) for line in (store.dir / "received.jsonl").read_text().splitlines()]
+    lines = (store.dir / "received.jsonl").read_text().splitlines()
+    receipts = [json.loads(line) for line in lines if line.endswith("}")]
+    assert len(lines) - len(receipts) <= 1  # the center died once: at most one line torn by its kill
     new = [r["sha256"] for r in receipts if r["new"]]
-    assert sorted(new) == sorted(stored)  # each example stored exactly once, however often it was sent
+    # each example logged as new exactly once, however often it was sent; a receipt the center's kill cut off
+    # between the sidecar and its log line is logged (`recovered`) when the center starts again
+    assert sorted(new) == sorted(stored)
     meta = json.loads(next(store.meta.glob("*.json")).read_text())
     assert meta["camera_id"] == "cam-pool" and meta["model_version"] == model_ws.model_id
     assert meta["reason"] in ("low_confidence", "novelty", "disagreement")
