@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/probe_accuracy.py [--frames 2000] [--epochs 10,20,30] [--width 16]
         [--mult 2,4,8,12] [--depth 0,1,1,1] [--neck 4] [--giou 0]
         [--size N (default: generate.size)] [--domain field|lab] [--precision auto|32|bf16] [--paste 0.5 --paste-n 3]
-        [--init weights.pt] [--save weights.pt]
+        [--init weights.pt] [--save weights.pt] [--rfs T] [--hidden ignore|object]
 
 Renders `--frames` field frames (seed 50) and 400 field-bench-like frames (seed 1, the benchmark's
 seed) in memory, trains the plain Detector from scratch with the project's augmentation, targets,
@@ -44,18 +44,19 @@ SECTION = "## Detector ceiling"
 
 def render(domain: str, n: int, seed: int, size: int, workers: int = 2
            ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """RGB frames, per frame (N, 5) boxes [x0, y0, x1, y1, class index], and their COCO truth."""
+    """RGB frames, per frame (N, 5) boxes [x0, y0, x1, y1, label], and their COCO truth. A box under half
+    shown is iscrowd in the COCO and its label is data.IGNORED + its class index (draw_targets ignores it)."""
     from cityloop.governance.schema import CLASSES
-    from cityloop.scenes.frames import add_to_coco, coco_skeleton, iter_frames
+    from cityloop.models.data import IGNORED
+    from cityloop.scenes.frames import HIDDEN_BELOW, add_to_coco, coco_skeleton, iter_frames
 
     imgs, boxes, coco = [], [], coco_skeleton()
     for fr in iter_frames(domain, n, seed, size, "jpg", workers):
         imgs.append(cv2.imdecode(np.frombuffer(fr.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy())
-        b = [(x0, y0, x1, y1, CLASSES.index(c)) for c, (x0, y0, x1, y1), _ in fr.boxes]
+        b = [(x0, y0, x1, y1, CLASSES.index(c) + IGNORED * (share < HIDDEN_BELOW))
+             for (c, (x0, y0, x1, y1), _), share in zip(fr.boxes, fr.shown)]
         boxes.append(np.asarray(b, np.float32).reshape(-1, 5))
-        add_to_coco(coco, fr.name, size, fr.boxes, {})
-        for a, share in zip(coco["annotations"][len(coco["annotations"]) - len(fr.boxes):], fr.shown):
-            a["shown"] = round(share, 3)  # share of the object's pixels that show (probe_errors reads it)
+        add_to_coco(coco, fr.name, size, fr.boxes, {}, fr.shown)  # "shown" and iscrowd per box (probe_errors)
     return imgs, boxes, coco
 
 
@@ -91,18 +92,21 @@ def evaluate_model(model, imgs: list[np.ndarray], coco: dict) -> tuple[float, di
 def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size: int, precision: str,
         bench_frames: int, domain: str = "field", paste: float = 0.0, paste_n: int = 3,
         arch: dict | None = None, giou: float = 0.0, save: Path | None = None, init: Path | None = None,
-        rfs: float = 0.0) -> list[Row]:
+        rfs: float = 0.0, hidden: str = "ignore") -> list[Row]:
     import torch
 
     from cityloop.governance.schema import CLASSES
     from cityloop.models.components.detector import Detector, DetectorConfig
-    from cityloop.models.data import Augment, donor_crop, draw_targets, repeat_factors
+    from cityloop.models.data import IGNORED, Augment, class_index, donor_crop, draw_targets, repeat_factors
     from cityloop.models.module import detection_loss, ema_model, use_bf16
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     tr_i, tr_b, _ = render(domain, frames, 50, size, threads)
+    if hidden == "object":  # train on hidden boxes as plain objects (as before the ignore flag); scoring still ignores
+        for b in tr_b:
+            b[:, 4] = class_index(b[:, 4])
     be_i, _, be_coco = render("field", bench_frames, 1, size, threads)
     evals = {"field": (be_i, be_coco)}
     if domain != "field":  # a lab-trained (launch) model: also its own domain, frames it never saw
@@ -110,7 +114,7 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
         evals = {domain: (lab_i, lab_coco), **evals}
     log(f"rendered {frames} {domain} + {bench_frames} field frames of {size} px in {time.perf_counter() - t0:.0f} s")
     aug, rng = Augment(paste=paste), np.random.default_rng(0)
-    objects = [(i, k) for i, b in enumerate(tr_b) for k in range(len(b))]  # copy-paste donors
+    objects = [(i, k) for i, b in enumerate(tr_b) for k in range(len(b)) if b[k, 4] < IGNORED]  # paste donors
     if init is not None:  # fine-tune a trained model (its shape from its weights; the flags do not apply)
         state = torch.load(init, map_location="cpu", weights_only=True)
         model = Detector(DetectorConfig.from_state_dict(state))
@@ -127,7 +131,7 @@ def run(frames: int, marks: list[int], width: int, lr: float, threads: int, size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
     draw = None  # repeat-factor sampling: frames drawn with replacement, weighted, the same steps per epoch
     if rfs:
-        rf = repeat_factors([b[:, 4].astype(np.int64) for b in tr_b], len(CLASSES), rfs)
+        rf = repeat_factors([class_index(b[:, 4]) for b in tr_b], len(CLASSES), rfs)
         draw = rf / rf.sum()
         log(f"repeat-factor sampling t={rfs}: factors {rf.min():.2f}-{rf.max():.2f}, mean {rf.mean():.2f}")
     rows: list[Row] = []
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save", type=Path, default=None, help="also save the final EMA weights (a state_dict) here")
     p.add_argument("--rfs", type=float, default=0.0,
                    help="repeat-factor sampling threshold t (LVIS; 0: off): frames of rarer classes drawn more often")
+    p.add_argument("--hidden", default="ignore", choices=["ignore", "object"],
+                   help="boxes under half shown in training: ignored (as the truth marks them) or plain objects")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.md")
     args = p.parse_args(argv)
     cmd, load = command_line(), loadavg()
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         arch["neck"] = int(neck)
     rows = run(args.frames, sorted(int(x) for x in args.epochs.split(",")), args.width, args.lr, args.threads,
                args.size, args.precision, args.bench_frames, args.domain, args.paste, args.paste_n, arch, args.giou,
-               args.save, args.init, args.rfs)
+               args.save, args.init, args.rfs, args.hidden)
     from importlib.metadata import version
 
     finish("Detector ceiling on field data", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

@@ -1,11 +1,14 @@
 """The scripted annotator: labels tasks through the Label Studio API as a person's annotations arrive.
 
 It draws the simulator's ground truth and applies an error model (missed boxes, label flips,
-box jitter, skips) at a given speed. Each scripted annotator is a real Label Studio user; its
-annotations are created through the same endpoint the editor posts to, with `completed_by` set
-to that user and the lead time it "spent". A person can take over in the browser at any time:
-the scripted annotator only takes tasks that have no annotation yet (or too few, for overlap).
+box jitter, skips) at a given speed. A box the truth marks hidden (under half of the object shows)
+is boxed and marked "mostly hidden", as the labeling interface asks a person to. Each scripted
+annotator is a real Label Studio user; its annotations are created through the same endpoint the
+editor posts to, with `completed_by` set to that user and the lead time it "spent". A person can
+take over in the browser at any time: the scripted annotator only takes tasks that have no
+annotation yet (or too few, for overlap).
 """
+
 
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def truth_from_folder(src: Path) -> dict[str, list[Box]]:
     sha = {im["id"]: hashlib.sha256((Path(src) / im["file_name"]).read_bytes()).hexdigest() for im in coco["images"]}
     out: dict[str, list[Box]] = {s: [] for s in sha.values()}
     for a in coco["annotations"]:
-        out[sha[a["image_id"]]].append(Box(names[a["category_id"]], *map(float, a["bbox"])))
+        out[sha[a["image_id"]]].append(Box(names[a["category_id"]], *map(float, a["bbox"]),
+                                           hidden=bool(a.get("iscrowd", 0))))
     return out
 
 
@@ -79,7 +83,7 @@ def corrupt(boxes: Sequence[Box], model: ErrorModel, rng: np.random.Generator, w
         # people drag a box at least as large as what they see: a small object is not shrunk by the jitter
         w, h = max(x1 - x0, min(b.w, MIN_DRAWN)), max(y1 - y0, min(b.h, MIN_DRAWN))
         x0, y0 = min(x0, width - w), min(y0, height - h)
-        out.append(Box(cls if cls in CLASSES else b.cls, x0, y0, w, h))
+        out.append(Box(cls if cls in CLASSES else b.cls, x0, y0, w, h, hidden=b.hidden))
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cityloop.labeling.convert import config_classes, label_config
+from cityloop.labeling.convert import config_classes, config_marks_hidden, label_config
 
 if TYPE_CHECKING:
     from cityloop.labeling.params import LabelingParams
@@ -97,7 +97,8 @@ class LabelingProject:
 
     @api_errors
     def ensure(self, classes: Iterable[str], description: str = "") -> int:
-        """Create the project, or reuse it and add any class it does not have yet (never remove one)."""
+        """Create the project, or reuse it and add any class (or the "mostly hidden" choice) it does not have
+        yet (never remove one)."""
         classes = list(classes)
         pid = self.find()
         if pid is None:
@@ -106,9 +107,10 @@ class LabelingProject:
                                         maximum_annotations=1, show_skip_button=True)
             pid = p.id
         else:
-            current = config_classes(self.ls.projects.get(id=pid).label_config)
+            config = self.ls.projects.get(id=pid).label_config
+            current = config_classes(config)
             missing = [c for c in classes if c not in current]
-            if missing:
+            if missing or not config_marks_hidden(config):  # a project made before "mostly hidden" gets it
                 self.ls.projects.update(id=pid, label_config=label_config(current + missing))
         self._id = pid
         self.ensure_storage()

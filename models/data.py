@@ -22,6 +22,16 @@ from cityloop.governance.store import FrameStore
 from cityloop.scenarios import registry
 
 MAX_OBJECTS = 64
+# A label of IGNORED + c is a box of class c the truth marks hidden (COCO iscrowd 1: under half of the object
+# shows): draw_targets teaches it neither as an object nor as background. One label array carries the flag
+# through the augmentation (a zoom drops boxes, a paste adds some) without a second array to keep in step.
+IGNORED = 1000
+
+
+def class_index(labels: np.ndarray) -> np.ndarray:
+    """The class index of each label, hidden or not."""
+    labels = np.asarray(labels, np.int64)
+    return np.where(labels >= IGNORED, labels - IGNORED, labels)
 
 
 class BenchmarkLeakError(ValueError):
@@ -173,6 +183,10 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
     """CenterNet targets: gaussian heatmap per class, a mask of the objects, and the dense regression maps
     (reg_wh log size, reg_off offset to the centre in cells, reg_w: each object's weights sum to 1).
 
+    A hidden box (label IGNORED + c) draws no peak and no regression; its cells are marked in `ignore`
+    (C, h, w) on its class's channel, where the focal loss charges no background penalty: a detection
+    there is neither rewarded nor punished, as pycocotools scores an iscrowd box.
+
     A class of a cue group (DetectorConfig.cue_groups; default the registry's) is drawn on its group's
     first channel, and its cue point (-1..1 over the image), group and member index are kept for the
     cue loss ("cue_pt", "cue_grp", "cue_cls", "cue_mask").
@@ -181,6 +195,7 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
     member = {c: (g, j, idx[0], uv) for g, (idx, uv) in enumerate(groups) for j, c in enumerate(idx)}
     oh, ow = size[0] // stride, size[1] // stride
     heat = np.zeros((num_classes, oh, ow), np.float32)
+    ignore = np.zeros((num_classes, oh, ow), np.uint8)
     mask = np.zeros(MAX_OBJECTS, np.float32)
     cue_pt = np.zeros((MAX_OBJECTS, 2), np.float32)
     cue_grp = np.zeros(MAX_OBJECTS, np.int64)
@@ -193,11 +208,17 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
     area = (boxes[:MAX_OBJECTS, 2] - boxes[:MAX_OBJECTS, 0]) * (boxes[:MAX_OBJECTS, 3] - boxes[:MAX_OBJECTS, 1])
     order = np.argsort(-area, kind="stable")  # large first: a small object's cells win where they overlap
     for k in order:
-        (x0, y0, x1, y1), c = boxes[k], labels[k]
+        (x0, y0, x1, y1), c = boxes[k], int(labels[k])
         bw, bh = x1 - x0, y1 - y0
         if bw < 1 or bh < 1:
             continue
-        chan = int(c)
+        if c >= IGNORED:
+            chan = member[c - IGNORED][2] if c - IGNORED in member else c - IGNORED
+            gx0, gy0 = int(np.clip(np.floor(x0 / stride), 0, ow)), int(np.clip(np.floor(y0 / stride), 0, oh))
+            gx1, gy1 = int(np.clip(np.ceil(x1 / stride), 0, ow)), int(np.clip(np.ceil(y1 / stride), 0, oh))
+            ignore[chan, gy0:gy1, gx0:gx1] = 1
+            continue
+        chan = c
         if chan in member:
             g, j, chan, (u, v) = member[chan]
             cue_pt[k] = ((x0 + u * bw) / size[1] * 2 - 1, (y0 + v * bh) / size[0] * 2 - 1)
@@ -215,7 +236,7 @@ def draw_targets(boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: 
         reg_wh[:, near] = np.log(np.array([bw, bh], np.float32) / wh_unit)[:, None]
         reg_off[0, near], reg_off[1, near] = cx - xs[near], cy - ys[near]
         reg_w[near] = gauss[near] / gauss[near].sum()
-    return {"heat": heat, "mask": mask,
+    return {"heat": heat, "mask": mask, "ignore": ignore,
             "reg_wh": reg_wh, "reg_off": reg_off, "reg_w": reg_w,
             "cue_pt": cue_pt, "cue_grp": cue_grp, "cue_cls": cue_cls, "cue_mask": cue_mask}
 
@@ -232,7 +253,8 @@ class FrameDataset(Dataset):
         for a in coco["annotations"]:
             if a.get("sha256") in boxes and a["category_id"] in ID_TO_INDEX:
                 x, y, w, h = a["bbox"]
-                boxes[a["sha256"]].append((x, y, x + w, y + h, ID_TO_INDEX[a["category_id"]]))
+                hidden = IGNORED if a.get("iscrowd", 0) else 0  # under half shown: neither object nor background
+                boxes[a["sha256"]].append((x, y, x + w, y + h, ID_TO_INDEX[a["category_id"]] + hidden))
         self.boxes = [np.asarray(boxes[s], np.float32).reshape(-1, 5) for s in self.shas]
         self.augment = augment
         self._store: FrameStore | None = None

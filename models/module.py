@@ -11,11 +11,14 @@ from torch import nn
 from cityloop.models.components.detector import Detector, DetectorConfig, sample_cue
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss, normalised by the number of objects."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of objects. `ignore` (same shape,
+    1 inside hidden boxes: draw_targets) takes the background penalty off those cells."""
     p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     neg_w = torch.pow(1 - target, 4)
+    if ignore is not None:
+        neg_w = neg_w * (1 - ignore.float())
     pos_loss = torch.log(p) * torch.pow(1 - p, 2) * pos
     neg_loss = torch.log(1 - p) * torch.pow(p, 2) * neg_w * (1 - pos)
     n = pos.sum().clamp(min=1.0)
@@ -61,7 +64,7 @@ def detection_loss(outputs: tuple[torch.Tensor, ...], t: dict[str, torch.Tensor]
     (outputs: Detector.forward_raw's; cue_groups: its config's) + `giou` x the GIoU loss at the same cells."""
     heat, logwh, off = outputs[:3]
     n = t["mask"].sum().clamp(min=1.0)  # objects in the batch
-    l_heat = focal_loss(heat, t["heat"])
+    l_heat = focal_loss(heat, t["heat"], t.get("ignore"))
     w = t["reg_w"].unsqueeze(1)  # dense: every cell of an object's central gaussian, weighted (draw_targets)
     l_wh = (torch.abs(logwh - t["reg_wh"]) * w).sum() / n
     l_off = (torch.abs(off - t["reg_off"]) * w).sum() / n

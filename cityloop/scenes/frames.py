@@ -39,6 +39,9 @@ HOURS = {"day": (8, 17), "dusk": (17, 19), "night": (20, 29), "rain": (7, 19), "
 
 MIN_BOX = 5.0  # px: smaller boxes are not labeled (the gate's min_box is 4)
 MIN_VISIBLE = 0.2  # share of an object's drawn pixels that must show (not hidden by nearer objects)
+# under this share shown, a labeled box is "mostly hidden": COCO iscrowd 1, an ignore region for scoring and
+# training (CityPersons' and Caltech's practice: heavily occluded people are neither hits nor misses)
+HIDDEN_BELOW = 0.5
 
 @dataclass
 class Frame:
@@ -210,17 +213,20 @@ def coco_skeleton() -> dict:
 
 
 def add_to_coco(coco: dict, file_name: str, size: int, boxes: list[tuple[str, Box, int]],
-                extra: dict) -> None:
-    """Append one image and its boxes (COCO xywh) to `coco`."""
+                extra: dict, shown: list[float] | None = None) -> None:
+    """Append one image and its boxes (COCO xywh) to `coco`. With `shown` (render_scene's, one share per
+    box), each box records it and a box under HIDDEN_BELOW shown is `iscrowd: 1` (ignored)."""
     image_id = len(coco["images"]) + 1
     coco["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size, **extra})
-    for cls, (x0, y0, x1, y1), track in boxes:
+    for k, (cls, (x0, y0, x1, y1), track) in enumerate(boxes):
         w, h = x1 - x0, y1 - y0
-        coco["annotations"].append({
-            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": registry().category_ids[cls],
-            "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2),
-            "iscrowd": 0, "track_id": track,
-        })
+        ann = {"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": registry().category_ids[cls],
+               "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2),
+               "iscrowd": 0, "track_id": track}
+        if shown is not None:
+            ann["shown"] = round(float(shown[k]), 3)
+            ann["iscrowd"] = int(shown[k] < HIDDEN_BELOW)
+        coco["annotations"].append(ann)
 
 
 def frame_metadata(fr: Frame, domain: str, seed: int) -> dict:
@@ -245,7 +251,7 @@ def generate_frames(domain: str, n: int, seed: int, out: Path, size: int = 192, 
     for fr in iter_frames(domain, n, seed, size, fmt, workers):
         (out / "images" / fr.name).write_bytes(fr.data)
         meta = frame_metadata(fr, domain, seed)
-        add_to_coco(coco, meta["file_name"], size, fr.boxes, {"camera_id": meta["camera_id"]})
+        add_to_coco(coco, meta["file_name"], size, fr.boxes, {"camera_id": meta["camera_id"]}, fr.shown)
         rows.append(meta)
         if progress:
             progress(1)

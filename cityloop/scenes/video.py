@@ -172,11 +172,12 @@ def render_clip(cam: Camera, cond: Condition, actors: list[Actor], seconds: floa
         t = i / fps
         rng = np.random.default_rng([seed, i])
         objs = [o for a in actors if (o := a.at(t, cam)) is not None]
-        img, visible, present = render_scene(cam, cond, objs, rng, bg)
+        shown: list[float] = []
+        img, visible, present = render_scene(cam, cond, objs, rng, bg, shown)
         name = f"{i:06d}.{fmt}"
         (out_dir / name).write_bytes(encode(img, fmt, cond.jpeg))
         truth.append({"index": i, "t": t, "file": name, "boxes": [(o.cls, b, o.track_id) for o, b in visible],
-                      "centres": {o.track_id: (o.x, o.y, o.s) for o in present}})
+                      "shown": shown, "centres": {o.track_id: (o.x, o.y, o.s) for o in present}})
     return truth
 
 
@@ -266,8 +267,8 @@ def write_stream(out: Path, results: list[dict], fps: float, size: int, seed: in
             rel = f"{cam.camera_id}/frames/{fr['file']}"
             ts = start + timedelta(seconds=fr["t"])
             extra = {"camera_id": cam.camera_id, "frame_index": fr["index"], "timestamp": ts.isoformat()}
-            add_to_coco(coco, rel, size, fr["boxes"], extra)
-            add_to_coco(cam_coco, f"frames/{fr['file']}", size, fr["boxes"], extra)
+            add_to_coco(coco, rel, size, fr["boxes"], extra, fr.get("shown"))
+            add_to_coco(cam_coco, f"frames/{fr['file']}", size, fr["boxes"], extra, fr.get("shown"))
             rows.append({"file_name": rel, "camera_id": cam.camera_id, "district": cam.district,
                          "timestamp": ts, "condition": cond.name, "conditions": cond.tags,
                          "layout": cam.layout, "camera_height": cam.height, "jpeg_quality": cond.jpeg,

@@ -16,7 +16,9 @@ from cityloop.governance.schema import CLASSES
 from cityloop.labeling.annotator import ErrorModel, assign, corrupt
 from cityloop.labeling.convert import (
     Box,
+    coco_boxes,
     config_classes,
+    config_marks_hidden,
     label_config,
     no_objects_result,
     parse_result,
@@ -37,6 +39,24 @@ def test_boxes_survive_the_round_trip_through_label_studio_percent_coordinates()
     for a, b in zip(boxes, parsed.boxes):
         assert (a.x, a.y, a.w, a.h) == pytest.approx((b.x, b.y, b.w, b.h), abs=1e-9)
     assert parse_result(no_objects_result(), 192, 192).no_objects
+
+
+def test_a_mostly_hidden_box_comes_back_hidden_and_becomes_an_ignore_region_in_coco():
+    """The "mostly hidden" per-region choice rides on its region's id through Label Studio's result and
+    becomes COCO iscrowd 1 (pycocotools' ignore); reading the COCO back keeps the flag."""
+    boxes = [Box("car", 10, 20, 30, 12), Box("water", 40, 150, 60, 9, hidden=True), Box("person", 5, 5, 8, 20)]
+    result = to_result(boxes, 192, 192)
+    assert [r["from_name"] for r in result] == ["label", "label", "visibility", "label"]
+    assert result[2]["id"] == result[1]["id"] != result[0]["id"]
+    parsed = parse_result(result, 192, 192)
+    assert [b.hidden for b in parsed.boxes] == [False, True, False] and not parsed.no_objects
+    coco = to_coco([{"file_name": "a.jpg", "sha256": "a", "width": 192, "height": 192}], {"a": parsed.boxes})
+    assert [a["iscrowd"] for a in coco["annotations"]] == [0, 1, 0]
+    assert [b.hidden for b in coco_boxes(coco)["a"]] == [False, True, False]
+    xml = label_config(CLASSES)
+    assert config_marks_hidden(xml) and 'perRegion="true"' in xml and 'value="mostly hidden"' in xml
+    old = xml[: xml.index('  <Choices name="visibility"')] + "</View>"  # a project made before the choice
+    assert config_classes(old) == list(CLASSES) and not config_marks_hidden(old)
 
 
 def test_coco_uses_the_platform_category_ids_whatever_the_order():

@@ -249,6 +249,33 @@ def test_targets_regress_every_central_cell_and_keep_the_cue():
     assert all(min(abs(a - x) + abs(b - y) for x, y in centres) < 1e-4 for a, b in zip(cx, cy))
 
 
+def test_a_hidden_box_is_taught_neither_as_object_nor_as_background():
+    """A box the truth marks hidden (label IGNORED + class) draws no peak and no regression; its cells on its
+    class's channel are ignored by the focal loss, so a confident detection there costs nothing, while the
+    same detection on plain background costs a lot; other classes' channels there are still background."""
+    import numpy as np
+
+    from cityloop.governance.schema import CLASSES
+    from cityloop.models.data import IGNORED, class_index, draw_targets
+    from cityloop.models.module import focal_loss
+
+    water, car = CLASSES.index("water"), CLASSES.index("car")
+    boxes = np.array([[40, 100, 120, 112], [130, 20, 170, 50]], np.float32)
+    t = draw_targets(boxes, np.array([water + IGNORED, car]), len(CLASSES), (192, 192), 4, 16.0)
+    assert t["heat"][water].max() == 0.0 and t["heat"][car].max() == 1.0, "no peak for the hidden box"
+    assert t["mask"].sum() == 1 and np.isclose(t["reg_w"].sum(), 1.0), "only the car is regressed"
+    assert t["ignore"][water, 25:28, 10:30].all() and t["ignore"].sum() == t["ignore"][water].sum() == 20 * 3
+    assert list(class_index(np.array([water + IGNORED, car]))) == [water, car]
+    heat, ign = torch.from_numpy(t["heat"])[None], torch.from_numpy(t["ignore"])[None]
+    logits = torch.full_like(heat, -9.0)
+    logits[0, car, 8, 37] = 9.0  # the car found at its centre cell (150 / 4, 35 / 4)
+    logits[0, water, 26, 20] = 3.0  # a confident water detection inside the hidden puddle
+    assert float(focal_loss(logits, heat, ign)) < 0.01
+    assert float(focal_loss(logits, heat)) > 1.0, "without the flag it is punished as background"
+    logits[0, car, 26, 20] = 3.0  # a car detection there is still a false positive
+    assert float(focal_loss(logits, heat, ign)) > 1.0
+
+
 def test_zoom_moves_boxes_with_the_pixels_and_drops_what_leaves_the_frame():
     """A scale-and-shift augmentation: a box still frames its object's pixels afterwards, and an
     object pushed more than half out of the frame loses its label (the simulator's own rule)."""

@@ -48,6 +48,8 @@ def test_generate_writes_images_coco_and_metadata(lab_src: Path):
         fw, fh = sizes[a["image_id"]]
         assert 0 <= x and 0 <= y and x + w <= fw + 0.01 and y + h <= fh + 0.01 and w >= 5 and h >= 5
     assert set(meta.condition) == {"day"} and meta.camera_id.nunique() <= 12  # a vendor set: 12 cameras, daylight
+    # each box records its share shown; under half shown it is an ignore region (iscrowd), nothing else is
+    assert all((a["iscrowd"] == 1) == (a["shown"] < 0.5) and 0.2 <= a["shown"] <= 1.0 for a in coco["annotations"])
 
 
 def test_field_is_a_different_world_from_lab():
@@ -98,6 +100,10 @@ def test_video_truth_has_tracks_and_events(clips: Path):
              and a["image_id"] in {im["id"] for im in coco["images"] if im["camera_id"] == rider["camera_id"]}]
     assert {a["category_id"] for a in track} == {CATEGORY_IDS["rider_no_helmet"]}
     assert np.ptp([a["bbox"][0] for a in track]) > 20
+    # clips' truth marks the mostly hidden boxes too (the same rule as frames), and some are
+    hidden = [a for a in coco["annotations"] if a["iscrowd"]]
+    assert hidden and all(a["shown"] < 0.5 for a in hidden) and all(
+        a["shown"] >= 0.5 for a in coco["annotations"] if not a["iscrowd"])
 
 
 def test_a_half_hidden_object_keeps_its_box_and_a_hidden_one_is_not_labeled():
