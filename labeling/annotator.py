@@ -9,7 +9,6 @@ take over in the browser at any time: the scripted annotator only takes tasks th
 annotation yet (or too few, for overlap).
 """
 
-
 from __future__ import annotations
 
 import json

@@ -55,7 +55,7 @@ def label_config(classes: Sequence[str]) -> str:
             f'    <Choice value="{NO_OBJECTS}" hint="the frame holds none of these classes"/>\n'
             f'  </Choices>\n'
             f'  <Choices name="{HIDDEN_NAME}" toName="{TO_NAME}" perRegion="true" choice="single" showInline="true">\n'
-            f'    <Choice value="{HIDDEN}" hint="under half of this object shows (behind another, cut off)"/>\n'
+            f'    <Choice value="{HIDDEN}" hint="under half of this object shows (behind a nearer one)"/>\n'
             f'  </Choices>\n</View>')
 
 
