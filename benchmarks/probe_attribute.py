@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"of {args.frames} frames in {train_s:.0f} s"))
     rows.append(Row("classifier cost (onnxruntime, 1 thread, batches of 8)", per_crop_ms, "ms per crop",
                     f"{sum(p.numel() for p in net.parameters()):,} parameters, {onnx_kb:.0f} KiB ONNX; "
-                    f"{args.crop} px crops; max |onnxruntime - torch| logit {parity:.1e}"))
+                    f"{args.crop} px crops; onnxruntime vs torch: logits within {parity:.1e}"))
     from importlib.metadata import version
 
     finish("Two-stage helmet probe", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,

@@ -15,6 +15,8 @@ For the 400 field frames the probe scores (seed 1), it reports per class
 - the share of each class's boxes under half shown (nearer objects in front: the simulator's `Frame.shown`)
   and their fate; the truth marks them iscrowd (ignored: neither a hit nor a miss, frames.HIDDEN_BELOW),
   and mAP@0.5 is also given with them counted as plain boxes, as before that flag;
+- per class, the share of boxes missed in each quarter of their size, and how often a box partly hidden
+  (50-80% shown) is found against one shown more;
 and the commonest confusions. This tells the next lever what to go after (localisation, small objects,
 the helmet call, background, hidden objects), instead of guessing from mAP alone.
 Replaces the "## Detector errors" section of benchmarks/results.md.
@@ -94,9 +96,10 @@ def hidden_fates(coco: dict, results: list[dict], score: float) -> Counter:
 
 
 def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray] | None = None
-            ) -> tuple[dict, dict, dict, Counter, dict]:
+            ) -> tuple[dict, dict, dict, Counter, dict, list]:
     """Each truth box's fate and each confident detection's, per class name; median heights; confusions;
-    each truth box's contrast (`contrast`, from `imgs` in coco image id order; empty without them)."""
+    each truth box's contrast (`contrast`, from `imgs` in coco image id order; empty without them); and per
+    truth box (class name, fate, longer side in px, share shown)."""
     from pycocotools import mask
 
     from cityloop.governance.schema import CATEGORY_IDS
@@ -112,6 +115,7 @@ def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray
     fate, heights, det_fate, confusions = defaultdict(Counter), defaultdict(lambda: defaultdict(list)), \
         defaultdict(Counter), Counter()
     contrasts: dict = defaultdict(lambda: defaultdict(list))
+    per_box: list[tuple[str, str, float, float]] = []
     for img in coco["images"]:
         grey = (imgs[img["id"] - 1].astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
                 if imgs is not None else None)
@@ -127,6 +131,7 @@ def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray
                 confusions[(name[a["category_id"]], name[oc])] += 1
             fate[name[a["category_id"]]][f] += 1
             heights[name[a["category_id"]]][f].append(a["bbox"][3])
+            per_box.append((name[a["category_id"]], f, max(a["bbox"][2], a["bbox"][3]), a.get("shown", 1.0)))
             if grey is not None:
                 contrasts[name[a["category_id"]]][f].append(contrast(grey, a["bbox"]))
         for j, x in enumerate(d):
@@ -135,7 +140,29 @@ def account(coco: dict, results: list[dict], score: float, imgs: list[np.ndarray
             best, bo = max(same, default=0.0), max(other, default=0.0)
             det_fate[name[x["category_id"]]]["true" if best >= 0.5 else "placed" if best >= 0.1
                                              else "wrong class" if bo >= 0.5 else "background"] += 1
-    return fate, heights, det_fate, confusions, contrasts
+    return fate, heights, det_fate, confusions, contrasts, per_box
+
+
+def missed_by(per_box: list, classes: list[str]) -> tuple[str, str]:
+    """Per class, the share of its counted boxes (shown >= HALF) missed in each quarter of their longer side
+    (smallest first), and the share found (hit) of those 50-80% shown against those shown more."""
+    size, part = [], []
+    for c in classes:
+        rows = [(f, side, sh) for k, f, side, sh in per_box if k == c and sh >= HALF]
+        if len(rows) < 8:
+            continue
+        sides = np.array([r[1] for r in rows])
+        miss = np.array([r[0] == "missed" for r in rows])
+        hit = np.array([r[0] == "hit" for r in rows])
+        q = np.quantile(sides, [0, 0.25, 0.5, 0.75, 1])
+        bins = np.clip(np.searchsorted(q[1:-1], sides, side="right"), 0, 3)
+        size.append(f"{c} " + " / ".join(f"{miss[bins == b].mean():.2f}" if (bins == b).any() else "-"
+                                          for b in range(4)) + f" ({q[0]:.0f}-{q[-1]:.0f} px)")
+        shown = np.array([r[2] for r in rows])
+        lo = shown < 0.8
+        if lo.sum() >= 3:
+            part.append(f"{c} {hit[lo].mean():.2f} ({int(lo.sum())}) vs {hit[~lo].mean():.2f}")
+    return "; ".join(size), "; ".join(part)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     results = detections_to_coco(predict(model, imgs))
     log(f"{len(results)} detections on {len(imgs)} frames")
     aps = ap_by_iou(coco, results)
-    fate, heights, det_fate, confusions, grey = account(coco, results, args.score, imgs)
+    fate, heights, det_fate, confusions, grey, per_box = account(coco, results, args.score, imgs)
     rows = []
     for c in CLASSES:
         ap, f, n = aps.get(CATEGORY_IDS[c], [0.0] * 4), fate[c], sum(fate[c].values()) or 1
@@ -182,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
                     "share", ", ".join(f"{c} {np.mean(v):.2f}" for c, v in hidden.items() if v)
                     + "; their fate: "
                     + ", ".join(f"{k} {n}" for k, n in hidden_fates(coco, results, args.score).items())))
+    by_size, by_part = missed_by(per_box, CLASSES)
+    rows.append(Row("truth boxes missed, by quarter of their size (smallest first)",
+                    float(np.mean([f == "missed" for _, f, _, sh in per_box if sh >= HALF])), "share",
+                    "per class, the quarters of its boxes' longer side: " + by_size))
+    rows.append(Row("truth boxes found when partly hidden (50-80% shown) vs shown more", float(np.mean(
+        [f == "hit" for _, f, _, sh in per_box if HALF <= sh < 0.8])), "share", "per class (boxes): " + by_part))
     # the truth marks them iscrowd (ignored: neither hit nor miss); scored as plain boxes, as before the flag
     counted = {**coco, "annotations": [{**a, "iscrowd": 0} for a in coco["annotations"]]}
     aps_all = ap_by_iou(counted, results)
