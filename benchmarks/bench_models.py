@@ -1,8 +1,9 @@
 """Models benchmark: torch eager vs onnxruntime (FP32, INT8) inference, training speed, export cost.
 
 What one run measures, on the default ``Detector()`` (width 24, random init with a fixed seed) or
-on ``--weights`` (a state_dict, or a Lightning checkpoint holding one), with 192 px simulator
-``field`` frames (rendered first, not timed):
+on ``--weights`` (a state_dict, or a Lightning checkpoint holding one), with simulator ``field``
+frames of ``--size`` px (default: params.yaml's frame contract, ``generate.size``; the model's input
+is the same size; rendered first, not timed):
 
 1. Export to ONNX (``models.export.export_onnx``: seconds, file size) and torch/onnxruntime
    parity on the frames (``check_parity``: max abs diff of the raw outputs).
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from benchkit import Row, command_line, cpuinfo, fmt, loadavg, log, print_table, write_results
 
-from cityloop.models.card import ModelCard
+from cityloop.models.card import InputSpec, ModelCard
 from cityloop.models.components.detector import Detector, DetectorConfig
 from cityloop.models.export import check_parity, export_onnx, quantize_int8, torch_outputs
 from cityloop.models.runtime import OnnxDetector, decode_image, preprocess
@@ -76,16 +77,17 @@ def load_model(weights: Path | None) -> Detector:
     return model.eval()
 
 
-def make_card(model: Detector) -> ModelCard:
-    from cityloop.governance.schema import CLASSES  # platform classes: the default Detector's 7 outputs
+def make_card(model: Detector, size: int) -> ModelCard:
+    from cityloop.governance.schema import CLASSES  # platform classes: the default Detector's outputs
 
     n = model.cfg.num_classes
     classes = list(CLASSES[:n]) if n <= len(CLASSES) else [f"class{i}" for i in range(n)]
-    return ModelCard(name="detector-bench", version="0", vendor="cityloop", classes=classes)
+    return ModelCard(name="detector-bench", version="0", vendor="cityloop", classes=classes,
+                     input=InputSpec(height=size, width=size))
 
 
-def frames(n: int, seed: int) -> list[np.ndarray]:
-    return [decode_image(f.data) for f in iter_frames("field", n, seed=seed)]
+def frames(n: int, seed: int, size: int) -> list[np.ndarray]:
+    return [decode_image(f.data) for f in iter_frames("field", n, seed=seed, size=size)]
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -239,12 +241,12 @@ def markdown(rows: list[Row], facts: dict[str, str], cmd: str, seconds: float, m
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
-    card = make_card(model)
+    card = make_card(model, args.size)
     params = count_params(model)
     model_note = (f"`{args.weights}`" if args.weights else f"default `Detector()` random init (seed {SEED})"
                   ) + f", width {model.cfg.width}, {params:,} parameters, input {card.input.width} px"
     log(f"rendering {args.frames} field frames (not timed)")
-    images = frames(args.frames, SEED)
+    images = frames(args.frames, SEED, args.size)
     calib = images[: args.calib_frames]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cityloop-bench-models-") as tmp:
@@ -314,6 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep", type=int, nargs="*", default=[1, 2],
                    help="thread counts each runtime's inference is timed at, the best kept (default 1 2)")
     p.add_argument("--frames", type=int, default=64, help="field frames for parity and timing (default 64)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame and model input size in px (default: params.yaml generate.size, the frame contract)")
     p.add_argument("--calib-frames", type=int, default=32, help="INT8 calibration frames (default 32)")
     p.add_argument("--train-iters", type=int, default=5, help="timed training iterations (default 5)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of timed runs (default 1)")
@@ -321,6 +325,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.eval_images) != bool(args.eval_coco):
         p.error("--eval-images and --eval-coco go together")
+    if args.size is None:
+        from cityloop.core.settings import load_params
+
+        args.size = int(load_params(REPO).get("generate", {}).get("size", 192))
     return args
 
 
