@@ -104,6 +104,32 @@ def in_process(model_dir: Path, frames: list[bytes], batch: int, threads: int, r
     return repeat * len(frames) / (time.perf_counter() - t0)
 
 
+def stage_ms(model_dir: Path, frames: list[bytes], batch: int, repeat: int) -> dict[str, float]:
+    """Median ms per image of each stage of `detect_arrays` on one thread: JPEG decode, preprocess,
+    onnxruntime, and the box decode (3x3 peaks, class-wise NMS, scaling back)."""
+    from cityloop.models.card import ModelCard
+    from cityloop.models.runtime import decode_outputs, preprocess
+
+    card = ModelCard.load(model_dir / "card.json")
+    det = OnnxDetector(model_dir / "model.onnx", card, 1)
+    times: dict[str, list[float]] = {"decode": [], "preprocess": [], "onnxruntime": [], "boxes": []}
+    for _ in range(repeat):
+        for k in range(0, len(frames), batch):
+            chunk = frames[k : k + batch]
+            t0 = time.perf_counter()
+            imgs = [decode_image(b) for b in chunk]
+            t1 = time.perf_counter()
+            x = preprocess(imgs, card.input)
+            t2 = time.perf_counter()
+            out = det.raw(x)
+            t3 = time.perf_counter()
+            decode_outputs(out, card.output)
+            t4 = time.perf_counter()
+            for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[name].append(dt * 1000 / len(chunk))
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
 def tree_rss_mib(pid: int) -> float:
     """Resident memory of a process and its children (MiB)."""
     import psutil
@@ -153,6 +179,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         rows += [Row("in-process ORT (bytes → boxes), batch 32, 1 thread", ort_ips, "img/s",
                      "the service's code (decode, preprocess, infer, box arrays)"),
                  Row("in-process ORT (bytes → boxes), batch 32, 2 threads", ort2_ips, "img/s", "both cores")]
+        stages = stage_ms(mv.path, data, 32, args.repeat)
+        total = sum(stages.values())
+        rows.append(Row("in-process, batch 32, 1 thread: onnxruntime's share of an image's time", stages["onnxruntime"]
+                        / total, "share", f"{total:.2f} ms per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in
+                                                                                   stages.items())
+                        + " (boxes: 3x3 peaks, class-wise NMS, scaling back)"))
         multi = [multipart_frames(data[k: k + args.per_request]) for k in range(0, len(data), args.per_request)]
         one_by_one = {"/detect_unbatched": bodies, "/detect": bodies, "/detect_raw": data}
         # (label, server processes, endpoint, images per request, concurrent clients)
