@@ -1,5 +1,6 @@
 """Serving benchmark, side by side in one run: adaptive batching vs none at the same concurrency,
-HTTP serving throughput as a fraction of in-process onnxruntime, and one edge node's memory.
+HTTP serving throughput as a fraction of in-process onnxruntime, where an image's time goes in-process
+(JPEG decode, preprocess, onnxruntime, box decode with its NMS), and one edge node's memory.
 
     .venv/bin/python benchmarks/bench_serving.py --root WORKSPACE [--model cityloop-detector:v1]
 
@@ -181,10 +182,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
                  Row("in-process ORT (bytes → boxes), batch 32, 2 threads", ort2_ips, "img/s", "both cores")]
         stages = stage_ms(mv.path, data, 32, args.repeat)
         total = sum(stages.values())
-        rows.append(Row("in-process, batch 32, 1 thread: onnxruntime's share of an image's time", stages["onnxruntime"]
-                        / total, "share", f"{total:.2f} ms per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in
-                                                                                   stages.items())
-                        + " (boxes: 3x3 peaks, class-wise NMS, scaling back)"))
+        parts = ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items())
+        rows.append(Row("in-process, batch 32, 1 thread: onnxruntime's share of an image's time",
+                        stages["onnxruntime"] / total, "share",
+                        f"{total:.2f} ms per image: {parts} (boxes: 3x3 peaks, class-wise NMS, scaling back)"))
         multi = [multipart_frames(data[k: k + args.per_request]) for k in range(0, len(data), args.per_request)]
         one_by_one = {"/detect_unbatched": bodies, "/detect": bodies, "/detect_raw": data}
         # (label, server processes, endpoint, images per request, concurrent clients)
