@@ -15,7 +15,9 @@ that main stream. Its motion blur is a kernel in pixels, so the main stream gets
 camera's, per pixel. `--main 320` crops the detector's own frame (the same pixels the cue head reads).
 
 Steps: rider truth boxes (not the mostly hidden ones) of `--frames` field frames (seed 50, the ceiling
-probe's) give head crops, jittered as a detector's boxes are; a small CNN learns helmet vs bare head.
+probe's; `--train-domain lab`: lab frames of seed 0, the demo's lab set, as a classifier shipped with the
+launch model would learn) give head crops, jittered as a detector's boxes are; a small CNN learns helmet
+vs bare head.
 On the probe's 400 field-bench-like frames (seed 1; `--bench-seed` another) it reports
 - the detector as it is (its cue head at the rider's head), mAP@0.5 and both rider classes' AP;
 - two-stage: the detector's rider group (its heat before the cue split) x the classifier's probability,
@@ -152,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("weights", type=Path, help="a detector state_dict (probe_accuracy.py --save)")
     p.add_argument("--main", type=int, default=640, help="the main stream's size in px (the crops' source)")
-    p.add_argument("--frames", type=int, default=2000, help="field frames whose riders train the classifier")
+    p.add_argument("--frames", type=int, default=2000, help="frames whose riders train the classifier")
+    p.add_argument("--train-domain", default="field", choices=["field", "lab"],
+                   help="their domain: field (seed 50, the ceiling probe's) or lab (seed 0, the demo's lab set: "
+                        "a classifier shipped with the launch model)")
     p.add_argument("--bench-frames", type=int, default=400, help="field-bench-like frames scored")
     p.add_argument("--bench-seed", type=int, default=1,
                    help="their seed (1: the benchmark's, as the other probes; another: frames nobody tuned on)")
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     k = args.main / size
     riders = ("rider_helmet", "rider_no_helmet")
     t = time.perf_counter()
-    _, tr_truth, tr_hi = render_main("field", args.frames, 50, size, args.main)
+    train_seed = 50 if args.train_domain == "field" else 0
+    _, tr_truth, tr_hi = render_main(args.train_domain, args.frames, train_seed, size, args.main)
     be_lo, be_truth, be_hi = render_main("field", args.bench_frames, args.bench_seed, size, args.main)
     log(f"rendered {args.frames} + {args.bench_frames} field frames at {size} and {args.main} px in "
         f"{time.perf_counter() - t:.0f} s")
@@ -285,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(Row(f"classifier on truth head crops of the {args.main} px stream: accuracy", acc, "",
                     f"{len(tb)} riders of {args.bench_frames} frames (seed {args.bench_seed}); helmet called "
                     f"no helmet {miss_h:.3f}, no helmet called helmet {miss_n:.3f}; trained on {len(heads)} crops "
-                    f"of {args.frames} frames in {train_s:.0f} s"))
+                    f"of {args.frames} {args.train_domain} frames in {train_s:.0f} s"))
     rows.append(Row("classifier cost (onnxruntime, 1 thread, batches of 8)", per_crop_ms, "ms per crop",
                     f"{sum(p.numel() for p in net.parameters()):,} parameters, {onnx_kb:.0f} KiB ONNX; "
                     f"{args.crop} px crops; onnxruntime vs torch: logits within {parity:.1e}"))
