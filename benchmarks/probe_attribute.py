@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     train_seed = 50 if args.train_domain == "field" else 0
     _, tr_truth, tr_hi = render_main(args.train_domain, args.frames, train_seed, size, args.main)
     be_lo, be_truth, be_hi = render_main("field", args.bench_frames, args.bench_seed, size, args.main)
-    log(f"rendered {args.frames} + {args.bench_frames} field frames at {size} and {args.main} px in "
-        f"{time.perf_counter() - t:.0f} s")
+    log(f"rendered {args.frames} {args.train_domain} + {args.bench_frames} field frames at {size} and "
+        f"{args.main} px in {time.perf_counter() - t:.0f} s")
     heads = [(i, np.asarray(b) * k, int(c == "rider_no_helmet")) for i, boxes in enumerate(tr_truth)
              for c, b, s in boxes if c in riders and s >= HIDDEN_BELOW]
 
@@ -300,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     finish("Two-stage helmet probe", SECTION, rows, machine_facts(load, torch=version("torch")), cmd,
            time.perf_counter() - t0, args.out,
            extra=f"Detector weights `{args.weights}`; crops {HEAD_BOX[2]} x the rider box's width around "
-                 f"({HEAD_BOX[0]}, {HEAD_BOX[1]}) of it, resized to {args.crop} px; the main stream rendered "
-                 f"from the same seeds at {args.main} px.")
+                 f"({HEAD_BOX[0]}, {HEAD_BOX[1]}) of it, resized to {args.crop} px; "
+                 + (f"the main stream rendered from the same seeds at {args.main} px." if args.main != size
+                    else "crops of the detector's own frames."))
 
 
 if __name__ == "__main__":
