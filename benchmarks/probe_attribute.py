@@ -89,8 +89,7 @@ def classifier(width: int = 16):
     """A small CNN: helmet (0) vs no helmet (1) from a head crop; standardised per crop like the detector."""
     from torch import nn
 
-    def cbr(a, b, s=1):
-        return nn.Sequential(nn.Conv2d(a, b, 3, s, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+    from cityloop.models.components.detector import conv_bn as cbr  # the detector's 3x3 conv + BN + ReLU
 
     class HeadNet(nn.Module):
         def __init__(self) -> None:
